@@ -1,0 +1,112 @@
+"""The `tenantry` command: one console script, a subcommand per service and tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tenantry.contract.crds import render_crds
+from tenantry.contract.manifests import ManifestError, load_manifests
+from tenantry.contract.policy import effective_limits
+from tenantry.settings import get_settings
+
+app = typer.Typer(
+    name="tenantry",
+    help="Kubernetes-native, multi-tenant API platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def crds(
+    out: Annotated[Path, typer.Option(help="Folder to write the CRD files into.")] = Path("crds"),
+    check: Annotated[
+        bool, typer.Option(help="Only report whether the folder is up to date.")
+    ] = False,
+) -> None:
+    """Generate the CustomResourceDefinitions from the contract models."""
+    rendered = render_crds()
+    if check:
+        stale = [name for name, text in rendered.items() if _read(out / name) != text]
+        if stale:
+            typer.echo(
+                f"out of date: {', '.join(stale)} (run `tenantry crds --out {out}`)", err=True
+            )
+            raise typer.Exit(1)
+        typer.echo(f"{out}: up to date")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (out / name).write_text(text)
+        typer.echo(f"wrote {out / name}")
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders.")],
+) -> None:
+    """Check ApiTenant, RateLimitPolicy and ApiPlatform manifests without a cluster."""
+    namespace = get_settings().platform_namespace
+    try:
+        found = load_manifests(paths, namespace)
+    except ManifestError as error:
+        for problem in error.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"ok: {len(found.policies)} policies, {len(found.tenants)} tenants, "
+        f"{len(found.platforms)} platforms"
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply the database migrations (the chart runs this as a pre-install/upgrade hook)."""
+    from tenantry.db.migrate import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@app.command()
+def dev(
+    manifests: Annotated[
+        list[Path] | None, typer.Option(help="Manifest files or folders to serve.")
+    ] = None,
+) -> None:
+    """Run the platform on one machine with no cluster and no servers."""
+    settings = get_settings()
+    paths = manifests or settings.registry.manifests
+    try:
+        found = load_manifests(paths, settings.platform_namespace)
+    except ManifestError as error:
+        for problem in error.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"Tenants from {', '.join(str(p) for p in paths)}:")
+    for (namespace, name), tenant in sorted(found.tenants.items()):
+        policy = found.policy_for(tenant, settings.platform_namespace)
+        assert policy is not None  # load_manifests refuses unknown tiers
+        limits = effective_limits(policy.spec, tenant.spec.overrides)
+        rate = f"{limits.requests_per_minute}/min" if limits.requests_per_minute else "unlimited"
+        quota = f"{limits.monthly_quota}/month" if limits.monthly_quota else "no quota"
+        state = "suspended" if tenant.spec.suspended else "active"
+        keys = ", ".join(key.name for key in tenant.spec.keys) or "no keys"
+        typer.echo(
+            f"  {namespace}/{name:<12} tier={tenant.spec.policy_ref.name:<11} {state:<9} "
+            f"rate={rate} burst={limits.burst} {quota} keys: {keys}"
+        )
+
+
+def main() -> None:
+    app()

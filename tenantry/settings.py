@@ -1,0 +1,86 @@
+"""All configuration in one typed object, read from `TENANTRY_*` environment variables.
+
+Nested groups use `__`: `TENANTRY_API__PORT=8080` sets `settings.api.port`. Defaults are the
+embedded ones `tenantry dev` runs on; the Helm chart sets the production values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    keepalive_seconds: int = Field(default=5, ge=1)
+    graceful_shutdown_seconds: int = Field(default=20, ge=0)
+    limit_max_requests: int | None = Field(
+        default=None, ge=1, description="Recycle a worker process after this many requests."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default=[], description="Peers whose X-Forwarded-For is believed (CIDRs)."
+    )
+    tenant_metrics_label: bool = Field(
+        default=False, description="Label request metrics by tenant (bounded by tenant count)."
+    )
+    replicas: int = Field(
+        default=1, ge=1, description="API replicas sharing a tenant's rate in `local` mode."
+    )
+
+
+class RegistrySettings(BaseModel):
+    source: Literal["file", "kubernetes"] = "file"
+    manifests: list[Path] = Field(
+        default=[Path("examples")], description="Files or folders the file source reads."
+    )
+    shard_count: int = Field(default=64, ge=1, le=4096)
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(default=4, ge=1)
+    heartbeat_file: Path = Path("/tmp/tenantry-worker-heartbeat")  # noqa: S108 - emptyDir in pods
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    usage_flush_interval_seconds: float = Field(default=30.0, gt=0)
+
+
+class OperatorSettings(BaseModel):
+    namespaces: list[str] = Field(
+        default=[], description="Namespaces whose tenants are reconciled; empty means all."
+    )
+    field_manager: str = "tenantry-operator"
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TENANTRY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    environment: Literal["dev", "staging", "prod"] = "dev"
+    platform_namespace: str = "tenantry-system"
+    database_url: str = "sqlite+aiosqlite:///./.tenantry-dev/tenantry.db"
+    redis_url: str | None = Field(
+        default=None, description="Redis for limits, usage and the broker; none in dev."
+    )
+    redis_timeout_seconds: float = Field(default=0.25, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    api: ApiSettings = ApiSettings()
+    registry: RegistrySettings = RegistrySettings()
+    worker: WorkerSettings = WorkerSettings()
+    operator: OperatorSettings = OperatorSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,145 @@
+"""Fixtures every part's tests share: real PostgreSQL, real Redis, the helm binary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.engine import URL, make_url
+
+from tenantry.db.migrate import upgrade
+from tests.harness.servers import MissingServerBinaryError, PostgresProcess, RedisProcess
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fail_missing(error: MissingServerBinaryError) -> None:
+    pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[URL]:
+    """The session's PostgreSQL: `TENANTRY_TEST_DATABASE_URL`, or one started for the run."""
+    given = os.environ.get("TENANTRY_TEST_DATABASE_URL")
+    if given:
+        yield make_url(given).set(drivername="postgresql+asyncpg")
+        return
+    server = PostgresProcess()
+    try:
+        server.initialise()
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    try:
+        yield make_url(server.url)
+    finally:
+        server.stop()
+        server.remove()
+
+
+def _janitor(server: URL, dbname: str, template: str | None = None) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=server.username or "postgres",
+        password=server.password,
+        host=server.host or "127.0.0.1",
+        port=server.port or 5432,
+        dbname=dbname,
+        template_dbname=template,
+        maintenance_dbname=server.database or "postgres",
+    )
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_server: URL) -> Iterator[str]:
+    """A database at the migrations' head, cloned for each test (fast: no DDL per test)."""
+    name = f"tenantry_template_{uuid.uuid4().hex[:8]}"
+    janitor = _janitor(postgres_server, name)
+    janitor.init()
+    upgrade(postgres_server.set(database=name).render_as_string(hide_password=False))
+    try:
+        yield name
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def database_url(postgres_server: URL, migrated_template: str) -> Iterator[str]:
+    """A fresh, migrated database of the test's own, dropped afterwards."""
+    name = f"tenantry_test_{uuid.uuid4().hex[:12]}"
+    janitor = _janitor(postgres_server, name, template=migrated_template)
+    janitor.init()
+    try:
+        yield postgres_server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: `TENANTRY_TEST_REDIS_URL`, or one started for the run."""
+    given = os.environ.get("TENANTRY_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    try:
+        yield server.url
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied before the test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of the test's own, which the test may stop, kill and start again."""
+    server = RedisProcess(tmp_path / "redis")
+    try:
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresProcess]:
+    """A migrated PostgreSQL of the test's own, which the test may stop and start again."""
+    server = PostgresProcess()
+    try:
+        server.initialise()
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    upgrade(server.url)
+    yield server
+    with contextlib.suppress(RuntimeError):  # the test may have left it stopped
+        server.stop()
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The real helm binary: on PATH, or the pinned copy `make helm` puts in .tools/bin."""
+    found = shutil.which("helm") or shutil.which("helm", path=str(REPO / ".tools" / "bin"))
+    if found is None:
+        pytest.fail("helm is not installed: run `make helm`", pytrace=False)
+    return found
