@@ -49,6 +49,7 @@ class WorkerSettings(BaseModel):
     heartbeat_file: Path = Path("/tmp/tenantry-worker-heartbeat")  # noqa: S108 - emptyDir in pods
     heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
     usage_flush_interval_seconds: float = Field(default=30.0, gt=0)
+    metrics_port: int = Field(default=9091, ge=1, le=65535)
 
 
 class OperatorSettings(BaseModel):
@@ -57,6 +58,7 @@ class OperatorSettings(BaseModel):
     )
     field_manager: str = "tenantry-operator"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
+    metrics_port: int = Field(default=9090, ge=1, le=65535)
 
 
 class Settings(BaseSettings):
