@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -29,12 +28,24 @@ def head_revision() -> str:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision`; blocking, so call it outside an event loop."""
+    """Apply migrations up to `revision` from synchronous code (the CLI, test fixtures)."""
     command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def _upgrade_on(connection: Connection, revision: str) -> None:
+    config = alembic_config("")
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
+    """Apply migrations from inside a running event loop (e.g. `tenantry dev` at start-up)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade_on, revision)
 
 
 def _current(connection: Connection) -> str | None:
@@ -48,8 +59,3 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def is_at_head(engine: AsyncEngine) -> bool:
     return await current_revision(engine) == head_revision()
-
-
-def upgrade_blocking(database_url: str) -> None:
-    """`upgrade` for callers already inside an event loop (runs it in a thread)."""
-    asyncio.run(asyncio.to_thread(upgrade, database_url))

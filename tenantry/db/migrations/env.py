@@ -33,7 +33,10 @@ async def _run_online() -> None:
     await engine.dispose()
 
 
-if context.is_offline_mode():
+shared_connection = config.attributes.get("connection")
+if shared_connection is not None:
+    _run(shared_connection)
+elif context.is_offline_mode():
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata)
     with context.begin_transaction():
         context.run_migrations()
