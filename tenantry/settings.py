@@ -50,6 +50,51 @@ class WorkerSettings(BaseModel):
     heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
     usage_flush_interval_seconds: float = Field(default=30.0, gt=0)
     metrics_port: int = Field(default=9091, ge=1, le=65535)
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to `redis_url`."
+    )
+    visibility_timeout_seconds: int = Field(
+        default=3600,
+        ge=10,
+        description="Redis broker redelivery of unacknowledged messages; must exceed the "
+        "longest job time limit or a running job would be delivered twice.",
+    )
+    soft_shutdown_timeout_seconds: float = Field(
+        default=20.0, ge=0, description="On SIGTERM, how long running jobs may finish."
+    )
+    job_lease_seconds: float = Field(
+        default=30.0, gt=0, description="A running job's lease; renewed every third of it."
+    )
+    outbox_interval_seconds: float = Field(default=15.0, gt=0)
+    outbox_grace_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A queued job not started this long after its enqueue is enqueued again.",
+    )
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    concurrency_retry_seconds: float = Field(
+        default=2.0, gt=0, description="Wait before retrying a job whose tenant has no free slot."
+    )
+    outcome_deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a finished job keeps trying to record its outcome while "
+        "PostgreSQL is unreachable.",
+    )
+    idempotency_retention_hours: float = Field(default=24.0, gt=0)
+    idempotency_trim_interval_seconds: float = Field(default=3600.0, gt=0)
+    usage_flush_grace_seconds: float = Field(
+        default=5.0, ge=0, description="A minute's bucket is flushed this long after it closes."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_allowed_networks: list[IPv4Network | IPv6Network] = Field(
+        default=[],
+        description="Private, loopback or link-local networks webhooks may reach (SSRF "
+        "protection refuses them otherwise).",
+    )
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
 class OperatorSettings(BaseModel):

@@ -76,12 +76,20 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Renewed by the worker running the job; once it lapses the worker is presumed dead.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    # A job waiting out a retry backoff is not due (nor re-enqueued) before this moment.
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         # Cursor pagination of one tenant's jobs, newest first.
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         # The outbox sweep: queued jobs whose enqueue may have been lost.
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        # The lease sweep: running jobs whose worker stopped renewing.
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 
 
