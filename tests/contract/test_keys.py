@@ -69,7 +69,8 @@ VALID = generate_key().plaintext
 MALFORMED = [
     pytest.param("", "must start with 'tnt_'", id="empty"),
     pytest.param("sk_live_" + VALID[4:], "must start with 'tnt_'", id="wrong-prefix"),
-    pytest.param(VALID[:-1], f"must be {KEY_LENGTH} characters long, got {KEY_LENGTH - 1}", id="cut-short"),
+    pytest.param(VALID[:-1], f"must be {KEY_LENGTH} characters long, got {KEY_LENGTH - 1}",
+                 id="cut-short"),
     pytest.param(VALID + "x", f"got {KEY_LENGTH + 1}", id="too-long"),
     pytest.param(VALID[:20] + "-" + VALID[21:], "must read tnt_", id="bad-character"),
     pytest.param(VALID[:16] + "x" + VALID[17:], "must read tnt_", id="missing-separator"),

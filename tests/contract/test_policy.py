@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tenantry.contract.policy import effective_limits as merge
 from tenantry.contract.policy import (
     gcra_decide,
     gcra_params,
@@ -14,7 +15,6 @@ from tenantry.contract.policy import (
     reserved_capacity,
     reserved_job_slots,
 )
-from tenantry.contract.policy import effective_limits as merge
 from tenantry.contract.resources import (
     ApiTenantSpec,
     FailureMode,

@@ -75,7 +75,7 @@ def test_one_key_id_in_two_tenants_is_refused() -> None:
 
 def test_a_shard_over_budget_is_refused_with_what_to_change() -> None:
     entries = [_entry(f"team/t-{i}", 100)[0] for i in range(40)]
-    with pytest.raises(RegistryError, match="raise registry.shardCount"):
+    with pytest.raises(RegistryError, match=r"raise registry\.shardCount"):
         encode_shards(entries, shard_count=1)
     assert SHARD_BUDGET_BYTES < 1024 * 1024 * 3 // 4  # base64 of the budget stays under 1 MiB
 
@@ -113,7 +113,8 @@ def test_tenant_entry_applies_overrides_and_has_no_limits_without_a_policy() -> 
     )
     entry = tenant_entry(tenant, policy, [], "whsec")
     assert entry.tenant_id == "team-a/acme"
-    assert entry.limits is not None and entry.limits.monthly_quota == 5
+    assert entry.limits is not None
+    assert entry.limits.monthly_quota == 5
     assert entry.allowed_origins == ("https://app.acme.example",)
     assert entry.generation == 3
     assert tenant_entry(tenant, None, [], "whsec").limits is None
