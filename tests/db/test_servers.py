@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 async def test_database_is_real_postgresql_at_migrations_head(database_url: str) -> None:
     engine = create_engine(database_url)
     async with engine.connect() as connection:
-        version = (await connection.execute(text("SHOW server_version_num"))).scalar_one()
-        tables = set(
+        version: str = (await connection.execute(text("SHOW server_version_num"))).scalar_one()
+        tables: set[str] = set(
             (
                 await connection.execute(
                     text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -42,7 +42,7 @@ def test_redis_is_a_real_server(redis_url: str) -> None:
 async def test_each_test_gets_a_clean_database(database_url: str) -> None:
     engine = create_engine(database_url)
     async with engine.begin() as connection:
-        count = (await connection.execute(text("SELECT count(*) FROM jobs"))).scalar_one()
+        count: int = (await connection.execute(text("SELECT count(*) FROM jobs"))).scalar_one()
         await connection.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, kind, status, queue, payload, attempts, "
