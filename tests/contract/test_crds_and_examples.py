@@ -79,3 +79,36 @@ def test_validate_command_accepts_the_examples_and_names_bad_fields(tmp_path: Pa
     refused = runner.invoke(app, ["validate", str(bad)])
     assert refused.exit_code == 1
     assert "spec.burst: burst requires requestsPerMinute" in refused.output
+
+
+def _untyped_nodes(schema: Any, path: str) -> list[str]:
+    """Paths of schema nodes without a `type`: a structural schema types every node."""
+    if not isinstance(schema, dict):
+        return []
+    missing = [] if "type" in schema else [path or "."]
+    for name, prop in schema.get("properties", {}).items():
+        missing += _untyped_nodes(prop, f"{path}.{name}")
+    if "items" in schema:
+        missing += _untyped_nodes(schema["items"], f"{path}[]")
+    return missing
+
+
+@pytest.mark.parametrize("name", sorted(render_crds()))
+def test_every_schema_node_is_typed_and_list_map_keys_are_required(name: str) -> None:
+    schema = yaml.safe_load(render_crds()[name])["spec"]["versions"][0]["schema"]
+    assert _untyped_nodes(schema["openAPIV3Schema"], "") == []
+    # A list keyed by map keys needs those keys required (Kubernetes refuses the CRD otherwise).
+    for node in _nodes(schema["openAPIV3Schema"]):
+        if node.get("x-kubernetes-list-type") == "map":
+            assert set(node["x-kubernetes-list-map-keys"]) <= set(node["items"]["required"])
+
+
+def _nodes(schema: Any) -> list[dict[str, Any]]:
+    if not isinstance(schema, dict):
+        return []
+    found = [schema]
+    for prop in schema.get("properties", {}).values():
+        found += _nodes(prop)
+    if "items" in schema:
+        found += _nodes(schema["items"])
+    return found
