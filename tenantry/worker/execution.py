@@ -1,0 +1,374 @@
+"""One attempt of one job, from claim to recorded outcome, independent of Celery.
+
+The rules that make a job finish once in effect:
+- A message names the attempt it was sent for. Claiming is one conditional UPDATE
+  (`queued` and the same attempt count → `running`, count + 1), so duplicate and stale
+  messages find nothing to claim.
+- A running job holds a lease its worker renews. A worker that dies stops renewing; the
+  outbox sweep then hands the job on (the lost attempt counts toward `max_attempts`).
+- Outcomes are written only while the attempt is still this worker's, and a worker that cannot
+  reach PostgreSQL keeps trying to write its outcome for `outcome_deadline_seconds`.
+- Kinds with side effects outside the platform make them idempotent for receivers (the
+  webhook delivery id is the job id, the same on every attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tenantry.db.tables import Job, JobStatus
+from tenantry.settings import WorkerSettings
+from tenantry.sources import RegistryHolder
+from tenantry.worker import metrics
+from tenantry.worker.breaker import CircuitBreakers
+from tenantry.worker.jobs_service import message_for, publish_or_leave_to_outbox
+from tenantry.worker.kinds import (
+    InvalidPayloadError,
+    JobContext,
+    JobKind,
+    JobKinds,
+    JobResult,
+    PermanentJobError,
+    RetryableJobError,
+    UnknownJobKindError,
+)
+from tenantry.worker.queueing import JobPublisher, backoff_seconds
+from tenantry.worker.semaphore import ConcurrencyLimiter
+
+log = structlog.get_logger("tenantry.worker")
+
+# Errors that mean "the database is unreachable right now", not "the statement is wrong".
+DATABASE_DOWN = (DBAPIError, OSError, ConnectionError)
+T = TypeVar("T")
+
+
+class Verdict(StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    STALE = "stale"  # nothing to do: a duplicate, stale or already-ended message
+    DEFERRED = "deferred"  # the tenant had no free slot, or the registry is not loaded yet
+    ABANDONED = "abandoned"  # the outcome could not be recorded; the lease sweep takes over
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process keeps for its lifetime (one engine, one Redis pool)."""
+
+    settings: WorkerSettings
+    sessions: async_sessionmaker[AsyncSession]
+    kinds: JobKinds
+    registry: RegistryHolder
+    publisher: JobPublisher
+    limiter: ConcurrencyLimiter
+    breakers: CircuitBreakers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _with_database(
+    settings: WorkerSettings, job_id: uuid.UUID, write: Callable[[], Awaitable[T]]
+) -> T:
+    """Run `write`, retrying while PostgreSQL is unreachable, up to the outcome deadline."""
+    deadline = asyncio.get_running_loop().time() + settings.outcome_deadline_seconds
+    pause = 0.2
+    while True:
+        try:
+            return await write()
+        except DATABASE_DOWN as error:
+            if asyncio.get_running_loop().time() + pause > deadline:
+                raise
+            log.warning("job.database_unreachable", job_id=str(job_id), error=str(error))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Verdict:
+    """Run the attempt `attempt` of a job if it is still due; report what happened."""
+    settings = context.settings
+    async with context.sessions() as session:
+        job = await session.get(Job, job_id)
+    if job is None or job.status != JobStatus.QUEUED or job.attempts != attempt:
+        return Verdict.STALE
+    if not context.registry.loaded:
+        await _defer(context, job)
+        return Verdict.DEFERRED
+    tenant = context.registry.registry.tenants.get(job.tenant_id)
+    try:
+        kind = context.kinds.get(job.kind)
+    except UnknownJobKindError as error:
+        return await _fail_unclaimed(context, job, str(error))
+    if tenant is None or tenant.limits is None:
+        return await _fail_unclaimed(context, job, "the tenant no longer exists or has no policy")
+    holder = str(job_id)
+    if not await context.limiter.acquire(
+        job.tenant_id, holder, tenant.limits.max_concurrent_jobs, settings.job_lease_seconds
+    ):
+        metrics.CONCURRENCY_DEFERRED.inc()
+        await _defer(context, job)
+        return Verdict.DEFERRED
+    try:
+        claimed = await _claim(context, job_id, attempt)
+        if claimed is None:
+            return Verdict.STALE
+        job_context = JobContext(
+            job_id=job_id,
+            attempt=claimed.attempts,
+            tenant=tenant,
+            settings=settings,
+            sessions=context.sessions,
+            breakers=context.breakers,
+        )
+        return await _run_claimed(context, claimed, kind, job_context)
+    finally:
+        try:
+            await context.limiter.release(job.tenant_id, holder)
+        except RedisError as error:  # the lease lapses by itself
+            log.warning("job.slot_release_failed", job_id=holder, error=str(error))
+
+
+async def _defer(context: WorkerContext, job: Job) -> None:
+    pause = context.settings.concurrency_retry_seconds
+    pause *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter, not secrecy
+    await publish_or_leave_to_outbox(
+        context.publisher, message_for(job, context.kinds, countdown_seconds=pause)
+    )
+
+
+async def _fail_unclaimed(context: WorkerContext, job: Job, reason: str) -> Verdict:
+    async with context.sessions() as session, session.begin():
+        await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED, Job.attempts == job.attempts)
+            .values(status=JobStatus.FAILED, last_error=reason, finished_at=_now())
+        )
+    metrics.DEAD_LETTERS.labels(kind="unknown").inc()
+    log.warning("job.failed", job_id=str(job.id), error=reason)
+    return Verdict.FAILED
+
+
+async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
+    now = _now()
+    async with context.sessions() as session, session.begin():
+        job = await session.scalar(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempt)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                lease_expires_at=now + timedelta(seconds=context.settings.job_lease_seconds),
+            )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+    if job is not None:
+        due = job.available_at or job.created_at
+        metrics.JOB_START_LATENCY.observe(max(0.0, (now - due).total_seconds()))
+    return job
+
+
+class _Lease:
+    """Renews the job's lease and tenant slot while it runs; stops the run on cancel."""
+
+    def __init__(self, context: WorkerContext, job: Job, run: asyncio.Task[JobResult]) -> None:
+        self.context = context
+        self.job = job
+        self.run = run
+        self.cancelled_by_tenant = False
+
+    async def keep(self) -> None:
+        settings = self.context.settings
+        while True:
+            await asyncio.sleep(settings.job_lease_seconds / 3)
+            try:
+                cancel = await self._renew()
+                assert self.job.tenant_id
+                await self.context.limiter.acquire(
+                    self.job.tenant_id,
+                    str(self.job.id),
+                    1_000_000,  # renewing a slot this job holds never needs a free one
+                    settings.job_lease_seconds,
+                )
+            except (*DATABASE_DOWN, RedisError) as error:
+                log.warning("job.lease_renewal_failed", job_id=str(self.job.id), error=str(error))
+                continue
+            if cancel:
+                self.cancelled_by_tenant = True
+                self.run.cancel()
+                return
+
+    async def _renew(self) -> bool:
+        async with self.context.sessions() as session, session.begin():
+            cancel = await session.scalar(
+                update(Job)
+                .where(
+                    Job.id == self.job.id,
+                    Job.attempts == self.job.attempts,
+                    Job.status == JobStatus.RUNNING,
+                )
+                .values(
+                    lease_expires_at=_now()
+                    + timedelta(seconds=self.context.settings.job_lease_seconds)
+                )
+                .returning(Job.cancel_requested)
+            )
+        return bool(cancel)
+
+
+async def _run_claimed(
+    context: WorkerContext, job: Job, kind: JobKind[Any], job_context: JobContext
+) -> Verdict:
+    bound = log.bind(
+        job_id=str(job.id),
+        kind=job.kind,
+        attempt=job.attempts,
+        request_id=job.request_id,
+        trace_context=job.trace_context,
+    )
+    bound.info("job.started")
+    started = asyncio.get_running_loop().time()
+    try:
+        payload = kind.validate(job.payload)
+    except InvalidPayloadError as error:
+        return await _record_failure(context, job, str(error), retry=False)
+    run = asyncio.create_task(kind.run(job_context, payload))
+    lease = _Lease(context, job, run)
+    keeper = asyncio.create_task(lease.keep())
+    error_text: str
+    retry_after: float | None = None
+    retry = True
+    try:
+        async with asyncio.timeout(kind.soft_time_limit_seconds):
+            result = await run
+    except TimeoutError:
+        error_text = f"soft time limit of {kind.soft_time_limit_seconds:g}s exceeded"
+    except asyncio.CancelledError:
+        if not lease.cancelled_by_tenant:
+            raise  # the worker itself is stopping: the lease sweep re-queues the job
+        return await _record(context, job, Verdict.CANCELLED, last_error="cancelled while running")
+    except RetryableJobError as error:
+        error_text, retry_after = str(error), error.retry_after
+    except PermanentJobError as error:
+        error_text, retry = str(error), False
+    except Exception as error:  # noqa: BLE001 - a kind's bug: retried, counted, dead-lettered
+        bound.exception("job.crashed")
+        error_text = f"{type(error).__name__}: {error}"
+    else:
+        metrics.JOB_DURATION.labels(kind=job.kind).observe(
+            asyncio.get_running_loop().time() - started
+        )
+        return await _record(context, job, Verdict.SUCCEEDED, result=result)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+    bound.warning("job.attempt_failed", error=error_text, retry_after=retry_after)
+    if lease.cancelled_by_tenant:
+        return await _record(context, job, Verdict.CANCELLED, last_error="cancelled while running")
+    return await _record_failure(context, job, error_text, retry=retry, retry_after=retry_after)
+
+
+async def _record_failure(
+    context: WorkerContext,
+    job: Job,
+    error_text: str,
+    *,
+    retry: bool,
+    retry_after: float | None = None,
+) -> Verdict:
+    if not retry or job.attempts >= job.max_attempts:
+        return await _record(context, job, Verdict.FAILED, last_error=error_text)
+    settings = context.settings
+    delay = backoff_seconds(
+        job.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
+    )
+    if retry_after is not None:
+        delay = min(settings.retry_max_seconds, max(delay, retry_after))
+    return await _record(context, job, Verdict.RETRYING, last_error=error_text, delay=delay)
+
+
+async def _record(
+    context: WorkerContext,
+    job: Job,
+    verdict: Verdict,
+    *,
+    result: JobResult | None = None,
+    last_error: str | None = None,
+    delay: float = 0.0,
+) -> Verdict:
+    """Write the attempt's outcome, if the attempt is still this worker's."""
+    now = _now()
+    values: dict[str, Any] = {"lease_expires_at": None, "last_error": last_error}
+    if verdict is Verdict.SUCCEEDED:
+        assert result is not None
+        values |= {
+            "status": JobStatus.SUCCEEDED,
+            "result": result.document,
+            "result_blob": result.blob,
+            "result_content_type": result.content_type,
+            "finished_at": now,
+        }
+    elif verdict is Verdict.RETRYING:
+        values |= {
+            "status": JobStatus.QUEUED,
+            "enqueued_at": now,
+            "available_at": now + timedelta(seconds=delay),
+        }
+    else:
+        values |= {"status": JobStatus(verdict.value), "finished_at": now}
+
+    async def write() -> bool:
+        async with context.sessions() as session, session.begin():
+            written = await session.scalar(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.attempts == job.attempts,
+                    # `queued`: the lease sweep re-queued it during an outage, but no worker
+                    # has claimed it yet, so this finished attempt still counts.
+                    Job.status.in_([JobStatus.RUNNING, JobStatus.QUEUED]),
+                )
+                .values(**values)
+                .returning(Job.id)
+            )
+        return written is not None
+
+    try:
+        written = await _with_database(context.settings, job.id, write)
+    except DATABASE_DOWN as error:
+        log.error("job.outcome_lost", job_id=str(job.id), verdict=verdict.value, error=str(error))
+        return Verdict.ABANDONED
+    if not written:
+        log.warning("job.outcome_superseded", job_id=str(job.id), verdict=verdict.value)
+        return Verdict.STALE
+    outcome = "retried" if verdict is Verdict.RETRYING else verdict.value
+    metrics.JOBS_FINISHED.labels(kind=job.kind, outcome=outcome).inc()
+    if verdict is Verdict.FAILED:
+        metrics.DEAD_LETTERS.labels(kind=job.kind).inc()
+    log.info("job.finished", job_id=str(job.id), verdict=verdict.value, delay=delay or None)
+    if verdict is Verdict.RETRYING:
+        async with context.sessions() as session:
+            fresh = await session.scalar(select(Job).where(Job.id == job.id))
+        if fresh is not None:
+            await publish_or_leave_to_outbox(
+                context.publisher, message_for(fresh, context.kinds, countdown_seconds=delay)
+            )
+    return verdict

@@ -1,0 +1,65 @@
+"""The tenant's `maxConcurrentJobs`, enforced across every worker.
+
+Each running job holds a lease (a ZSET member scored by its expiry, on Redis' clock) that its
+worker renews while the job runs. A worker killed mid-job stops renewing, so its slot frees
+itself when the lease lapses: no crash can leak a slot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from tenantry.contract.usage import tenant_tag
+
+ACQUIRE_SCRIPT = (Path(__file__).parent / "semaphore_acquire.lua").read_text()
+
+
+def job_leases_key(tenant_id: str) -> str:
+    return f"tn:{tenant_tag(tenant_id)}:jobs:leases"
+
+
+class ConcurrencyLimiter(Protocol):
+    async def acquire(self, tenant_id: str, job_id: str, slots: int, lease_seconds: float) -> bool:
+        """Take a slot, or renew the one `job_id` holds; False when all slots are taken."""
+        ...
+
+    async def release(self, tenant_id: str, job_id: str) -> None: ...
+
+
+class RedisSemaphore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._acquire = client.register_script(ACQUIRE_SCRIPT)
+
+    async def acquire(self, tenant_id: str, job_id: str, slots: int, lease_seconds: float) -> bool:
+        taken = await self._acquire(
+            keys=[job_leases_key(tenant_id)], args=[job_id, slots, int(lease_seconds * 1000)]
+        )
+        return bool(taken)
+
+    async def release(self, tenant_id: str, job_id: str) -> None:
+        await self._client.zrem(job_leases_key(tenant_id), job_id)
+
+    async def holders(self, tenant_id: str) -> list[str]:
+        members = await self._client.zrange(job_leases_key(tenant_id), 0, -1)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+class LocalSemaphore:
+    """One process's slots, for `tenantry dev` where there is a single worker and no Redis."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, set[str]] = {}
+
+    async def acquire(self, tenant_id: str, job_id: str, slots: int, lease_seconds: float) -> bool:
+        held = self._held.setdefault(tenant_id, set())
+        if job_id in held or len(held) < slots:
+            held.add(job_id)
+            return True
+        return False
+
+    async def release(self, tenant_id: str, job_id: str) -> None:
+        self._held.get(tenant_id, set()).discard(job_id)
