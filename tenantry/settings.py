@@ -34,6 +34,23 @@ class ApiSettings(BaseModel):
     replicas: int = Field(
         default=1, ge=1, description="API replicas sharing a tenant's rate in `local` mode."
     )
+    local_usage_max_entries: int = Field(
+        default=100_000,
+        ge=1,
+        description="(tenant, minute, route) cells of usage held in process while Redis is away.",
+    )
+    usage_merge_interval_seconds: float = Field(default=1.0, gt=0)
+    auth_failures_per_minute: int = Field(
+        default=30, ge=1, description="Failed authentications one client address may make."
+    )
+    auth_failures_burst: int = Field(default=10, ge=0)
+    probe_timeout_seconds: float = Field(default=1.0, gt=0)
+    readiness_requires_redis: bool = Field(
+        default=False,
+        description="Report not-ready while Redis is down (off: tenants' failureMode serves).",
+    )
+    access_log: bool = Field(default=True, description="One JSON line per request.")
+    usage_cache_seconds: int = Field(default=10, ge=1, description="TTL of cached /v1/usage.")
 
 
 class RegistrySettings(BaseModel):
@@ -42,6 +59,13 @@ class RegistrySettings(BaseModel):
         default=[Path("examples")], description="Files or folders the file source reads."
     )
     shard_count: int = Field(default=64, ge=1, le=4096)
+    keys_file: Path = Field(
+        default=Path(".tenantry-dev/keys.json"),
+        description="Where the file source keeps issued keys, so they survive restarts.",
+    )
+    poll_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often the file source looks for changed manifests."
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -104,6 +128,27 @@ class OperatorSettings(BaseModel):
     field_manager: str = "tenantry-operator"
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = Field(default=9090, ge=1, le=65535)
+    peering_name: str = Field(
+        default="tenantry", description="Kopf peering object: one active operator per name."
+    )
+    peering_priority: int = Field(default=0, description="Higher wins among peers.")
+    standalone: bool = Field(default=False, description="Run without peering (tests, dev).")
+    resync_interval_seconds: float = Field(
+        default=300.0, gt=0, description="Backstop re-check of every tenant (watches do the rest)."
+    )
+    retry_delay_seconds: float = Field(
+        default=10.0, gt=0, description="Delay before retrying a pass the API server refused."
+    )
+    reconcile_concurrency: int = Field(
+        default=16, ge=1, description="Tenants re-reconciled at once after a policy change."
+    )
+    platform_debounce_seconds: float = Field(
+        default=0.5, ge=0, description="Wait after a tenant change before recomputing HPAs."
+    )
+    watch_reconnect_seconds: float = Field(default=1.0, gt=0)
+    idle_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long an idle per-object worker lingers."
+    )
 
 
 class Settings(BaseSettings):

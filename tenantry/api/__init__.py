@@ -1,0 +1,1 @@
+"""The API service: FastAPI app, authentication, limiter, consumer routes, probes, metrics."""

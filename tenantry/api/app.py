@@ -1,0 +1,129 @@
+"""The FastAPI application factory: `create_app(settings)`; `tenantry api` serves it.
+
+What lives as long as the process is built here once (clients, registry source, limiter,
+metrics) and started and stopped by the lifespan; requests only read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from tenantry import __version__
+from tenantry.api import probes, v1
+from tenantry.api.limiter import merge_local_usage
+from tenantry.api.middleware import ApiMiddleware
+from tenantry.api.problems import install_problem_handlers
+from tenantry.api.redis_pipeline import PipelinedRedis
+from tenantry.api.runtime import ApiRuntime
+from tenantry.db.engine import create_engine
+from tenantry.redis_client import create_redis
+from tenantry.settings import Settings, get_settings
+from tenantry.sources import RegistrySource
+from tenantry.sources.files import FileRegistrySource
+
+log = structlog.get_logger("tenantry.api")
+
+FIRST_REGISTRY_WAIT_SECONDS = 10.0
+
+DESCRIPTION = """
+Tenantry's consumer API. Authenticate with `Authorization: Bearer <key>` or `X-API-Key`.
+Every authenticated response carries `RateLimit-Policy` and `RateLimit` (IETF httpapi draft)
+and `X-RateLimit-Limit/Remaining/Reset`; a refused request gets 429 with `Retry-After` and a
+`quota-exceeded` problem naming the `violated-policies`. Errors are
+`application/problem+json` (RFC 9457) and carry the request id.
+"""
+
+
+def registry_source(settings: Settings) -> RegistrySource:
+    """The configured source. The Kubernetes one is imported only when chosen, so the file
+    source (and `tenantry dev`) never load the Kubernetes client."""
+    if settings.registry.source == "kubernetes":
+        module = importlib.import_module("tenantry.sources.kubernetes")
+        source: RegistrySource = module.source_from_settings(settings)
+        return source
+    return FileRegistrySource(
+        settings.registry.manifests,
+        platform_namespace=settings.platform_namespace,
+        keys_file=settings.registry.keys_file,
+        poll_interval_seconds=settings.registry.poll_interval_seconds,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, source: RegistrySource | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    redis = (
+        create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+        if settings.redis_url
+        else None
+    )
+    pipelined = (
+        PipelinedRedis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+        if settings.redis_url
+        else None
+    )
+    runtime = ApiRuntime(
+        settings, engine=create_engine(settings.database_url), redis=redis, pipelined=pipelined
+    )
+    registry_from = source or registry_source(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(registry_from.run(runtime.holder), name="registry")]
+        if redis is not None:
+            tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_REGISTRY_WAIT_SECONDS):
+                await runtime.registry_ready.wait()
+        log.info("api_started", registry_loaded=runtime.holder.loaded)
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if redis is not None and runtime.usage.held:
+                await merge_local_usage(redis, runtime.usage, runtime.metrics)
+            if runtime.usage.held and redis is not None:
+                log.warning("usage_not_merged_at_shutdown", requests=runtime.usage.held)
+            if pipelined is not None:
+                pipelined.close()
+            if redis is not None:
+                await redis.aclose()
+            if runtime.engine is not None:
+                await runtime.engine.dispose()
+
+    app = FastAPI(
+        title="Tenantry API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.include_router(probes.router)
+    app.include_router(v1.router)
+    app.add_middleware(ApiMiddleware, runtime=runtime)
+    return app
+
+
+async def _merge_usage_forever(runtime: ApiRuntime) -> None:
+    """Merge usage counted in process back into Redis once the limiter reaches it again."""
+    assert runtime.redis is not None
+    interval = runtime.settings.api.usage_merge_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        if runtime.usage.held and runtime.limiter.redis_healthy:
+            await merge_local_usage(runtime.redis, runtime.usage, runtime.metrics)

@@ -1,0 +1,110 @@
+"""Prometheus metrics of the API, on a registry of the app's own (so tests can build many
+apps in one process). Label values are bounded: the HTTP method from a fixed set, the route
+*template* (never the raw path), the status class, and fixed decision names. A tenant label
+exists only when `api.tenant_metrics_label` is set, bounded by the number of tenants."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "<unmatched>"
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class ApiMetrics:
+    def __init__(self, *, tenant_label: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tenant_label = tenant_label
+        self.requests = Counter(
+            "tenantry_api_requests",
+            "HTTP requests by method, route template and status class.",
+            ["method", "route", "status_class"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tenantry_api_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.tenant_requests = Counter(
+            "tenantry_api_tenant_requests",
+            "Authenticated requests per tenant (only when api.tenant_metrics_label is set).",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.limiter_decisions = Counter(
+            "tenantry_api_limiter_decisions",
+            "Limiter decisions: where they were made (redis, cache, local) and the outcome.",
+            ["source", "decision"],
+            registry=self.registry,
+        )
+        self.quota_rejections = Counter(
+            "tenantry_api_quota_rejections",
+            "Requests refused because the tenant's monthly quota is used up.",
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "tenantry_api_auth_failures",
+            "Refused authentications by reason (the problem type's slug).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "tenantry_api_redis_errors",
+            "Redis calls that failed or timed out, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.fail_open = Counter(
+            "tenantry_api_fail_open_decisions",
+            "Requests admitted without Redis because the tenant's failure mode is open.",
+            registry=self.registry,
+        )
+        self.usage_held = Gauge(
+            "tenantry_api_usage_held_locally",
+            "Admitted requests counted in process, waiting to be merged into Redis.",
+            registry=self.registry,
+        )
+        self.usage_dropped = Counter(
+            "tenantry_api_usage_dropped",
+            "Admitted requests whose usage could not be kept (local store full).",
+            registry=self.registry,
+        )
+        self.usage_merged = Counter(
+            "tenantry_api_usage_merged",
+            "Locally counted requests merged into Redis once it was back.",
+            registry=self.registry,
+        )
+        self.usage_cache = Counter(
+            "tenantry_api_usage_cache",
+            "`/v1/usage` answers served from the Redis cache (hit) or computed (miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.registry_tenants = Gauge(
+            "tenantry_api_registry_tenants",
+            "Tenants in the registry snapshot being served.",
+            registry=self.registry,
+        )
+        self.registry_age = Gauge(
+            "tenantry_api_registry_age_seconds",
+            "Seconds since the registry source last confirmed the snapshot is current.",
+            registry=self.registry,
+        )
+        self.registry_rejected = Gauge(
+            "tenantry_api_registry_rejected",
+            "Registry snapshots refused as invalid (the last good one kept serving).",
+            registry=self.registry,
+        )
+        self.registry_version = Info(
+            "tenantry_api_registry",
+            "Version of the registry snapshot being served.",
+            registry=self.registry,
+        )
+
+
+def status_class(status: int) -> str:
+    return STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]

@@ -1,0 +1,232 @@
+"""The API's one middleware, pure ASGI: everything every request needs, in one place.
+
+- request id: a valid incoming `X-Request-ID` is kept, else the trace id of a valid W3C
+  `traceparent`, else a new one; echoed in `X-Request-ID` and in every problem body;
+- bodies: a `Content-Length` over `api.max_body_bytes` is refused with 413 before anything
+  is read; a body without a length is counted as it streams and refused the same way;
+- CORS: preflights are answered for origins some tenant allows (a preflight carries no key);
+  actual responses allow the origin only if the calling tenant lists it;
+- security headers on every response, `Cache-Control: no-store` on authenticated ones, and
+  the rate-limit headers the limiter decided;
+- metrics by route template and one JSON access-log line, without key material.
+
+Work that can be done once (header tuples, compiled patterns, metric children) is done once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, status_class
+from tenantry.api.problems import (
+    ORIGIN_NOT_ALLOWED,
+    PROBLEM_CONTENT_TYPE,
+    REQUEST_TOO_LARGE,
+    ProblemError,
+    problem_body,
+)
+from tenantry.api.runtime import ApiRuntime, RequestContext
+
+access_log = structlog.get_logger("tenantry.api.access")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
+)
+CORS_ALLOW_HEADERS = (
+    b"authorization, x-api-key, content-type, idempotency-key, x-request-id, traceparent"
+)
+CORS_ALLOW_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE"
+CORS_EXPOSE_HEADERS = (
+    b"ratelimit, ratelimit-policy, retry-after, x-request-id, x-ratelimit-limit, "
+    b"x-ratelimit-remaining, x-ratelimit-reset, deprecation, sunset, link"
+)
+CORS_MAX_AGE = b"600"
+NO_STORE = (b"cache-control", b"no-store")
+VARY_ORIGIN = (b"vary", b"Origin")
+
+
+class ApiMiddleware:
+    def __init__(self, app: ASGIApp, runtime: ApiRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.max_body = runtime.settings.api.max_body_bytes
+        self.log_requests = runtime.settings.api.access_log
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id: str | None = None
+        trace_id: str | None = None
+        content_length: int | None = None
+        origin: bytes | None = None
+        preflight = False
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if REQUEST_ID.match(candidate):
+                    request_id = candidate
+            elif name == b"traceparent":
+                match = TRACEPARENT.match(value.decode("latin-1"))
+                if match:
+                    trace_id = match[1]
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                preflight = True
+        if request_id is None:
+            request_id = trace_id or uuid.uuid4().hex
+        context = RequestContext(request_id, trace_id)
+        scope["tenantry"] = context
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers += SECURITY_HEADERS
+                headers.append((b"x-request-id", request_id.encode()))
+                headers += context.rate_headers
+                headers += context.extra_headers
+                if context.caller is not None:
+                    headers.append(NO_STORE)
+                if origin is not None:
+                    headers += self._cors(origin, context)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if scope["method"] == "OPTIONS" and preflight and origin is not None:
+                await self._preflight(origin, context, send_with_headers)
+            elif content_length is not None and content_length > self.max_body:
+                await self._refuse_body(context, send_with_headers)
+            elif content_length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                await self.app(scope, self._limited(receive), send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            self._observe(scope, context, status, time.perf_counter() - started)
+
+    # --- bodies ------------------------------------------------------------------------
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ProblemError(REQUEST_TOO_LARGE, f"the request body exceeds {limit} bytes")
+            return message
+
+        return receive_limited
+
+    async def _refuse_body(self, context: RequestContext, send: Send) -> None:
+        body = problem_body(
+            REQUEST_TOO_LARGE,
+            f"the request body exceeds {self.max_body} bytes",
+            context.request_id,
+        )
+        await _send_problem(send, REQUEST_TOO_LARGE.status, body, close=True)
+
+    # --- CORS --------------------------------------------------------------------------
+
+    def _cors(self, origin: bytes, context: RequestContext) -> list[tuple[bytes, bytes]]:
+        text = origin.decode("latin-1")
+        allowed = (
+            context.caller.tenant.allowed_origins
+            if context.caller is not None
+            else self.runtime.all_origins
+        )
+        if text not in allowed:
+            return [VARY_ORIGIN]
+        return [
+            VARY_ORIGIN,
+            (b"access-control-allow-origin", origin),
+            (b"access-control-expose-headers", CORS_EXPOSE_HEADERS),
+        ]
+
+    async def _preflight(self, origin: bytes, context: RequestContext, send: Send) -> None:
+        if origin.decode("latin-1") not in self.runtime.all_origins:
+            body = problem_body(
+                ORIGIN_NOT_ALLOWED,
+                f"no tenant allows the origin {origin.decode('latin-1')!r}",
+                context.request_id,
+            )
+            await _send_problem(send, ORIGIN_NOT_ALLOWED.status, body)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [
+                    (b"access-control-allow-methods", CORS_ALLOW_METHODS),
+                    (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
+                    (b"access-control-max-age", CORS_MAX_AGE),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    # --- observation -------------------------------------------------------------------
+
+    def _observe(self, scope: Scope, context: RequestContext, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template: str = getattr(route, "path", UNMATCHED_ROUTE)
+        method: str = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+        series_key = (method, template, status_class(status))
+        series = self._series.get(series_key)
+        if series is None:
+            metrics = self.runtime.metrics
+            series = self._series[series_key] = (
+                metrics.requests.labels(*series_key),
+                metrics.latency.labels(method, template),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
+        if self.log_requests:
+            caller = context.caller
+            access_log.info(
+                "request",
+                request_id=context.request_id,
+                trace_id=context.trace_id,
+                method=method,
+                route=template,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                tenant=caller.tenant.tenant_id if caller is not None else None,
+                key_id=caller.key.key_id if caller is not None else None,
+            )
+
+
+async def _send_problem(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,371 @@
+"""Consumer endpoints of API version 1: the caller's limits and usage.
+
+Every route here depends on `require_scope`, so it is authenticated, limited and metered
+like any other call; a tenant only ever sees its own data.
+"""
+
+from __future__ import annotations
+
+from calendar import monthrange
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from tenantry.api.auth import Caller, authenticated, require_scope
+from tenantry.api.problems import (
+    EXPIRED_API_KEY,
+    INSUFFICIENT_SCOPE,
+    LIMITER_UNAVAILABLE,
+    MALFORMED_API_KEY,
+    MISSING_API_KEY,
+    POLICY_UNRESOLVED,
+    QUOTA_EXCEEDED,
+    REVOKED_API_KEY,
+    SERVICE_UNAVAILABLE,
+    TENANT_SUSPENDED,
+    TOO_MANY_AUTH_FAILURES,
+    UNKNOWN_API_KEY,
+    VALIDATION_FAILED,
+    ProblemError,
+    problem_responses,
+)
+from tenantry.api.runtime import ApiRuntime, RequestContext
+from tenantry.contract.resources import FailureMode, JobPriority, RouteLimit, Scope
+from tenantry.contract.usage import (
+    TOTAL_ROUTE,
+    month_of,
+    usage_bucket_key,
+    usage_cache_key,
+    usage_index_key,
+)
+from tenantry.db.engine import session_factory
+from tenantry.db.tables import UsageCounter, UsageGranularity
+
+AUTH_PROBLEMS = (
+    MISSING_API_KEY,
+    MALFORMED_API_KEY,
+    UNKNOWN_API_KEY,
+    EXPIRED_API_KEY,
+    REVOKED_API_KEY,
+    TENANT_SUSPENDED,
+    POLICY_UNRESOLVED,
+    QUOTA_EXCEEDED,
+    TOO_MANY_AUTH_FAILURES,
+    LIMITER_UNAVAILABLE,
+)
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": {
+        "description": 'The policies that apply, e.g. `"tenant";q=600;w=60`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left of each policy now, e.g. `"tenant";r=49;t=5`.',
+        "schema": {"type": "string"},
+    },
+    "X-RateLimit-Limit": {"schema": {"type": "integer"}},
+    "X-RateLimit-Remaining": {"schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {"description": "Seconds until full.", "schema": {"type": "integer"}},
+}
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyInfo(ResponseModel):
+    name: str
+    key_id: str
+    scopes: list[Scope]
+    expires_at: datetime | None
+
+
+class RateState(ResponseModel):
+    requests_per_minute: int
+    burst: int
+    remaining: int | None = Field(description="Requests that could pass right now.")
+    reset_seconds: int | None = Field(description="Seconds until the burst is full again.")
+
+
+class QuotaState(ResponseModel):
+    monthly_quota: int | None
+    used: int | None = Field(description="Admitted requests this UTC month (null if unknown).")
+    remaining: int | None
+    resets_at: datetime
+
+
+class LimitsResponse(ResponseModel):
+    tenant: str
+    tier: str
+    key: KeyInfo
+    rate: RateState | None = Field(description="Null when the tier sets no rate.")
+    quota: QuotaState
+    routes: list[RouteLimit]
+    max_concurrent_jobs: int
+    job_priority: JobPriority
+    failure_mode: FailureMode
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant": "team-a/acme",
+                    "tier": "standard",
+                    "key": {
+                        "name": "production",
+                        "key_id": "AbCdEf012345",
+                        "scopes": ["jobs:read", "jobs:write", "usage:read"],
+                        "expires_at": None,
+                    },
+                    "rate": {
+                        "requests_per_minute": 600,
+                        "burst": 50,
+                        "remaining": 50,
+                        "reset_seconds": 1,
+                    },
+                    "quota": {
+                        "monthly_quota": 1000000,
+                        "used": 1204,
+                        "remaining": 998796,
+                        "resets_at": "2026-12-01T00:00:00Z",
+                    },
+                    "routes": [
+                        {
+                            "method": "POST",
+                            "path": "/v1/jobs",
+                            "requestsPerMinute": 120,
+                            "burst": 10,
+                        }
+                    ],
+                    "max_concurrent_jobs": 4,
+                    "job_priority": "default",
+                    "failure_mode": "local",
+                }
+            ]
+        },
+    )
+
+
+class DayUsage(ResponseModel):
+    date: date
+    requests: int
+
+
+class UsageResponse(ResponseModel):
+    tenant: str
+    month: str = Field(description="The UTC month, `YYYY-MM`.")
+    requests: int = Field(description="Admitted requests this month.")
+    monthly_quota: int | None
+    remaining: int | None
+    days: list[DayUsage] = Field(description="Per UTC day, flushed and not yet flushed.")
+    unflushed: int = Field(description="Requests counted but not yet in the database.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant": "team-a/acme",
+                    "month": "2026-11",
+                    "requests": 1204,
+                    "monthly_quota": 1000000,
+                    "remaining": 998796,
+                    "days": [{"date": "2026-11-25", "requests": 1204}],
+                    "unflushed": 17,
+                }
+            ]
+        },
+    )
+
+
+class UsageQuery(BaseModel):
+    """Query parameters of `/v1/usage`; unknown parameters are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fresh: bool = Field(default=False, description="Skip the short-lived cache and count again.")
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(moment: datetime) -> datetime:
+    start = month_start(moment)
+    return start + timedelta(days=monthrange(start.year, start.month)[1])
+
+
+@router.get(
+    "/limits",
+    summary="The caller's effective limits and where it stands",
+    response_model=LimitsResponse,
+    responses={
+        200: {"headers": RATE_LIMIT_HEADERS},
+        **problem_responses(*AUTH_PROBLEMS),
+    },
+)
+async def get_limits(
+    request: Request, caller: Annotated[Caller, Depends(authenticated)]
+) -> LimitsResponse:
+    """The tier and overrides as applied to the calling tenant, and the state of its rate
+    and quota as of this request (this request included)."""
+    context: RequestContext = request.scope["tenantry"]
+    decision = context.decision
+    limits = caller.limits
+    now = datetime.now(UTC)
+    rate = None
+    if limits.requests_per_minute is not None:
+        known = decision is not None and decision.tenant_remaining >= 0
+        rate = RateState(
+            requests_per_minute=limits.requests_per_minute,
+            burst=limits.burst,
+            remaining=decision.tenant_remaining if decision and known else None,
+            reset_seconds=-(-decision.tenant_reset_us // 1_000_000) if decision and known else None,
+        )
+    used = decision.quota_used if decision is not None else None
+    quota = QuotaState(
+        monthly_quota=limits.monthly_quota,
+        used=used,
+        remaining=max(0, limits.monthly_quota - used)
+        if limits.monthly_quota is not None and used is not None
+        else None,
+        resets_at=next_month_start(now),
+    )
+    key = caller.key
+    return LimitsResponse(
+        tenant=caller.tenant.tenant_id,
+        tier=caller.tenant.tier,
+        key=KeyInfo(
+            name=key.name,
+            key_id=key.key_id,
+            scopes=sorted(key.scopes),
+            expires_at=key.expires_at,
+        ),
+        rate=rate,
+        quota=quota,
+        routes=limits.routes,
+        max_concurrent_jobs=limits.max_concurrent_jobs,
+        job_priority=limits.job_priority,
+        failure_mode=limits.failure_mode,
+    )
+
+
+@router.get(
+    "/usage",
+    summary="The caller's usage this month, per day, against its quota",
+    response_model=UsageResponse,
+    responses={
+        200: {"headers": RATE_LIMIT_HEADERS},
+        **problem_responses(
+            *AUTH_PROBLEMS, INSUFFICIENT_SCOPE, VALIDATION_FAILED, SERVICE_UNAVAILABLE
+        ),
+    },
+)
+async def get_usage(
+    request: Request,
+    caller: Annotated[Caller, Depends(require_scope(Scope.USAGE_READ))],
+    query: Annotated[UsageQuery, Query()],
+) -> UsageResponse:
+    """Flushed usage from the database plus what is still in Redis (or in this process),
+    cached in Redis for a few seconds; the cache is dropped when a flush lands."""
+    runtime: ApiRuntime = request.app.state.runtime
+    tenant_id = caller.tenant.tenant_id
+    redis = runtime.redis if runtime.redis is not None and runtime.limiter.redis_healthy else None
+    if redis is not None and not query.fresh:
+        cached = await _cached(redis, tenant_id, runtime)
+        if cached is not None:
+            runtime.metrics.usage_cache.labels("hit").inc()
+            return cached
+    runtime.metrics.usage_cache.labels("miss").inc()
+    now = datetime.now(UTC)
+    days = await _flushed_days(runtime, tenant_id, now)
+    unflushed_minutes = await _unflushed_minutes(redis, tenant_id, now, runtime)
+    for minute, count in runtime.usage.by_minute(tenant_id).items():
+        unflushed_minutes[minute] = unflushed_minutes.get(minute, 0) + count
+    start = month_start(now).timestamp()
+    unflushed = 0
+    for minute, count in unflushed_minutes.items():
+        if minute < start:
+            continue
+        unflushed += count
+        day = datetime.fromtimestamp(minute, UTC).date()
+        days[day] = days.get(day, 0) + count
+    total = sum(days.values())
+    quota = caller.limits.monthly_quota
+    answer = UsageResponse(
+        tenant=tenant_id,
+        month=month_of(now),
+        requests=total,
+        monthly_quota=quota,
+        remaining=max(0, quota - total) if quota is not None else None,
+        days=[DayUsage(date=day, requests=count) for day, count in sorted(days.items())],
+        unflushed=unflushed,
+    )
+    if redis is not None:
+        try:
+            await redis.set(
+                usage_cache_key(tenant_id),
+                answer.model_dump_json(),
+                ex=runtime.settings.api.usage_cache_seconds,
+            )
+        except (aioredis.RedisError, OSError):
+            runtime.metrics.redis_errors.labels("usage_cache").inc()
+    return answer
+
+
+async def _cached(
+    redis: aioredis.Redis, tenant_id: str, runtime: ApiRuntime
+) -> UsageResponse | None:
+    try:
+        raw = await redis.get(usage_cache_key(tenant_id))
+    except (aioredis.RedisError, OSError):
+        runtime.metrics.redis_errors.labels("usage_cache").inc()
+        return None
+    return UsageResponse.model_validate_json(raw) if raw else None
+
+
+async def _flushed_days(runtime: ApiRuntime, tenant_id: str, now: datetime) -> dict[date, int]:
+    assert runtime.engine is not None
+    query = select(UsageCounter.bucket_start, UsageCounter.request_count).where(
+        UsageCounter.tenant_id == tenant_id,
+        UsageCounter.granularity == UsageGranularity.DAY,
+        UsageCounter.route == TOTAL_ROUTE,
+        UsageCounter.bucket_start >= month_start(now),
+    )
+    days: dict[date, int] = {}
+    try:
+        async with session_factory(runtime.engine)() as session:
+            for bucket_start, count in await session.execute(query):
+                moment = bucket_start if bucket_start.tzinfo else bucket_start.replace(tzinfo=UTC)
+                day = moment.astimezone(UTC).date()
+                days[day] = days.get(day, 0) + count
+    except (SQLAlchemyError, OSError) as error:
+        raise ProblemError(
+            SERVICE_UNAVAILABLE, "usage history is unavailable right now; retry shortly"
+        ) from error
+    return days
+
+
+async def _unflushed_minutes(
+    redis: aioredis.Redis | None, tenant_id: str, now: datetime, runtime: ApiRuntime
+) -> dict[int, int]:
+    if redis is None:
+        return {}
+    try:
+        members: list[Any] = await redis.zrange(usage_index_key(tenant_id), 0, -1)
+        minutes = [int(member) for member in members]
+        async with redis.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hget(usage_bucket_key(tenant_id, minute), TOTAL_ROUTE)
+            counts: list[Any] = await pipe.execute()
+    except (aioredis.RedisError, OSError):
+        runtime.metrics.redis_errors.labels("usage_read").inc()
+        return {}
+    return {minute: int(count) for minute, count in zip(minutes, counts, strict=True) if count}
