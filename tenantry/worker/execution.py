@@ -54,6 +54,8 @@ log = structlog.get_logger("tenantry.worker")
 # Errors that mean "the database is unreachable right now", not "the statement is wrong".
 DATABASE_DOWN = (DBAPIError, OSError, ConnectionError)
 T = TypeVar("T")
+# A receiver may ask for a pause with Retry-After; longer asks are cut to this.
+RETRY_AFTER_CEILING_SECONDS = 3600.0
 
 
 class Verdict(StrEnum):
@@ -301,7 +303,8 @@ async def _record_failure(
         job.attempts, base=settings.retry_base_seconds, cap=settings.retry_max_seconds
     )
     if retry_after is not None:
-        delay = min(settings.retry_max_seconds, max(delay, retry_after))
+        # The receiver's Retry-After wins over our own backoff, up to a ceiling.
+        delay = max(delay, min(retry_after, RETRY_AFTER_CEILING_SECONDS))
     return await _record(context, job, Verdict.RETRYING, last_error=error_text, delay=delay)
 
 
