@@ -86,18 +86,21 @@ class ApiRuntime:
         self.registry_ready = asyncio.Event()
         self.migrations_at_head = False
         self._revoked: set[str] = set()
+        self._key_ids: set[str] = set()
         self._revoked_order: deque[str] = deque()
         self._specs: dict[tuple[str, str, str], LimitSpec] = {}
 
     # --- registry ----------------------------------------------------------------------
 
     def _on_swap(self, registry: Registry) -> None:
-        previous = self.holder.registry
-        for key_id in previous.by_key_id.keys() - registry.by_key_id.keys():
+        # The holder has already swapped; the previous snapshot's key ids are kept here.
+        current = set(registry.by_key_id)
+        for key_id in self._key_ids - current:
             self._revoked.add(key_id)
             self._revoked_order.append(key_id)
-        for key_id in registry.by_key_id.keys() & self._revoked:
+        for key_id in current & self._revoked:
             self._revoked.discard(key_id)
+        self._key_ids = current
         while len(self._revoked_order) > REVOKED_IDS_KEPT:
             self._revoked.discard(self._revoked_order.popleft())
         self._specs = {}
