@@ -143,3 +143,13 @@ def helm() -> str:
     if found is None:
         pytest.fail("helm is not installed: run `make helm`", pytrace=False)
     return found
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--kubeconfig`: run the operator scenarios against a real cluster instead of the
+    emulator (pytest honours this hook only in the root conftest)."""
+    parser.addoption(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig of a real cluster for tests/operator (default: the kmock emulator)",
+    )

@@ -1,0 +1,266 @@
+"""The operator under test, running for real (Kopf, its watches and patches over HTTP) against
+kmock's Kubernetes API emulator, or against a real cluster with `pytest --kubeconfig=PATH`.
+
+The scenarios talk to the API only through HTTP, so they read the same on both. Where the
+emulator differs from a real API server the `Cluster` helper supplies what a server would:
+`uid`, `resourceVersion`, `generation` (bumped on each spec change) and `creationTimestamp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import kmock
+import pytest
+import yaml
+
+from tenantry.contract.resources import RESOURCE_KINDS
+from tenantry.operator.kube import KubeClient, core_path, custom_path
+from tenantry.operator.run import run_operator
+from tenantry.settings import OperatorSettings, RegistrySettings, Settings
+
+T = TypeVar("T")
+TEST_AGENT = "tenantry-tests"
+OPERATOR_AGENT = "tenantry-operator"
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        try:
+            last = await probe()
+        except AssertionError as error:
+            last = error
+        else:
+            if last:
+                return cast(T, last)
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
+    """What the API server would discover: the built-in kinds and our three CRDs."""
+    emulator.resources.load_bundled()
+    for kind in RESOURCE_KINDS:
+        emulator.resources[f"tenantry.io/v1alpha1/{kind.plural}"] = kmock.ResourceInfo(
+            kind=kind.kind_name,
+            singular=kind.kind_name.lower(),
+            namespaced=True,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            shortnames=set(kind.short_names),
+            subresources={"status"},
+        )
+
+
+@dataclass
+class Cluster:
+    """The API as a user or a test sees it: create, edit and delete objects over HTTP."""
+
+    client: KubeClient
+    emulated: bool
+    platform_namespace: str
+    tenant_namespace: str
+    emulator: kmock.KubernetesEmulator | None = None
+    _generations: dict[str, int] = field(default_factory=dict)
+
+    async def create(self, plural: str, namespace: str, manifest: dict[str, Any]) -> None:
+        metadata = manifest.setdefault("metadata", {})
+        metadata["namespace"] = namespace
+        if self.emulated:
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("generation", 1)
+            metadata.setdefault("resourceVersion", "1")
+            metadata.setdefault("creationTimestamp", datetime.now(UTC).isoformat()[:19] + "Z")
+            self._generations[f"{plural}/{namespace}/{metadata['name']}"] = 1
+        await self.client.create(self._collection(plural, namespace), manifest)
+
+    async def patch(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A user's edit; on the emulator a spec change bumps `generation` as a server would."""
+        if self.emulated and "spec" in patch:
+            key = f"{plural}/{namespace}/{name}"
+            self._generations[key] = self._generations.get(key, 1) + 1
+            patch = {
+                **patch,
+                "metadata": {**patch.get("metadata", {}), "generation": self._generations[key]},
+            }
+        assert await self.client.patch(self._path(plural, namespace, name), patch) is not None
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.client.get(self._path(plural, namespace, name))
+
+    async def delete(self, plural: str, namespace: str, name: str) -> bool:
+        return await self.client.delete(self._path(plural, namespace, name))
+
+    async def list_secrets(self, namespace: str, label: str) -> list[dict[str, Any]]:
+        """Secrets carrying `label`; filtered here too, since the emulator ignores selectors."""
+        found = await self.client.get(core_path("secrets", namespace) + f"?labelSelector={label}")
+        items = (found or {}).get("items") or []
+        return [s for s in items if label in ((s.get("metadata") or {}).get("labels") or {})]
+
+    async def events(self, namespace: str) -> list[dict[str, Any]]:
+        found = await self.client.get(core_path("events", namespace))
+        return list((found or {}).get("items") or [])
+
+    def _collection(self, plural: str, namespace: str) -> str:
+        if plural in {"secrets", "events"}:
+            return core_path(plural, namespace)
+        if plural == "horizontalpodautoscalers":
+            return f"/apis/autoscaling/v2/namespaces/{namespace}/{plural}"
+        return f"/apis/tenantry.io/v1alpha1/namespaces/{namespace}/{plural}"
+
+    def _path(self, plural: str, namespace: str, name: str) -> str:
+        if plural in {"apitenants", "ratelimitpolicies", "apiplatforms"}:
+            return custom_path(plural, namespace, name)
+        return f"{self._collection(plural, namespace)}/{name}"
+
+    def writes_since(self, mark: int) -> list[str]:
+        """Write calls (create, patch, delete) by anything but the tests, after `mark`."""
+        assert self.emulator is not None, "request history exists only on the emulator"
+        return [
+            f"{request.method} {request.url.path}"
+            for request in list(self.emulator)[mark:]
+            if request.method in {"POST", "PUT", "PATCH", "DELETE"}
+            and not request.headers.get("User-Agent", "").startswith(TEST_AGENT)
+        ]
+
+    def request_mark(self) -> int:
+        assert self.emulator is not None, "request history exists only on the emulator"
+        return len(list(self.emulator))
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emulator",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "contexts": [
+                    {"name": "emulator", "context": {"cluster": "emulator", "user": "tests"}}
+                ],
+                "users": [{"name": "tests", "user": {"token": "emulator"}}],
+            }
+        )
+    )
+    return path
+
+
+# Every run on the emulator records the calls of all runs of the session, for the RBAC test.
+RECORDED_CALLS: list[tuple[str, str, str, str]] = []
+
+
+def _record(emulator: kmock.KubernetesEmulator) -> None:
+    for request in list(emulator):
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is None or agent.startswith(TEST_AGENT) or not request.action:
+            continue
+        resource = request.resource.plural or ""
+        if request.subresource:
+            resource = f"{resource}/{request.subresource}"
+        verb = {"fetch": "get", "update": "patch"}.get(
+            str(request.action.value), str(request.action.value)
+        )
+        RECORDED_CALLS.append((agent, verb, request.resource.group or "", resource))
+
+
+@pytest.fixture
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Cluster]:
+    kubeconfig = request.config.getoption("--kubeconfig")
+    suffix = uuid.uuid4().hex[:6]
+    async with contextlib.AsyncExitStack() as stack:
+        emulator: kmock.KubernetesEmulator | None = None
+        if kubeconfig is None:
+            emulator = await stack.enter_async_context(kmock.KubernetesEmulator())
+            await stack.enter_async_context(kmock.Server(emulator))
+            declare_resources(emulator)
+            kubeconfig = str(write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url)))
+        monkeypatch.setenv("KUBECONFIG", kubeconfig)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        client = await KubeClient.connect("tenantry-tests", user_agent=TEST_AGENT)
+        stack.push_async_callback(client.close)
+        found = Cluster(
+            client=client,
+            emulated=emulator is not None,
+            platform_namespace=f"tenantry-system-{suffix}",
+            tenant_namespace=f"team-{suffix}",
+            emulator=emulator,
+        )
+        # The emulator keeps objects in any namespace without a Namespace object (and cannot
+        # parse a POST to /api/v1/namespaces); a real cluster needs them created.
+        for namespace in (
+            () if found.emulated else (found.platform_namespace, found.tenant_namespace)
+        ):
+            await client.create(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            )
+            stack.push_async_callback(client.delete, f"/api/v1/namespaces/{namespace}")
+        yield found
+        if emulator is not None:
+            _record(emulator)
+
+
+def operator_settings(cluster: Cluster, **overrides: Any) -> Settings:
+    """Tight timings so the scenarios take seconds; everything else as in production."""
+    return Settings(
+        platform_namespace=cluster.platform_namespace,
+        registry=RegistrySettings(shard_count=4),
+        operator=OperatorSettings(
+            standalone=True,
+            namespaces=[cluster.platform_namespace, cluster.tenant_namespace],
+            retry_delay_seconds=0.5,
+            platform_debounce_seconds=0.05,
+            watch_reconnect_seconds=0.1,
+            idle_timeout_seconds=1.0,
+            **overrides,
+        ),
+    )
+
+
+@dataclass
+class RunningOperator:
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def stop_now(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(settings: Settings) -> AsyncIterator[RunningOperator]:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_operator(settings, stop_flag=stop, ready_flag=ready))
+    running = RunningOperator(task, stop)
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=15)
+        yield running
+    finally:
+        if not task.done():
+            await running.stop_now()
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise AssertionError("the operator crashed") from task.exception()
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[RunningOperator]:
+    async with running_operator(operator_settings(cluster)) as running:
+        yield running
