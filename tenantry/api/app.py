@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
 from tenantry import __version__
 from tenantry.api import probes, v1
@@ -125,5 +126,10 @@ async def _merge_usage_forever(runtime: ApiRuntime) -> None:
     interval = runtime.settings.api.usage_merge_interval_seconds
     while True:
         await asyncio.sleep(interval)
-        if runtime.usage.held and runtime.limiter.redis_healthy:
-            await merge_local_usage(runtime.redis, runtime.usage, runtime.metrics)
+        if not runtime.usage.held:
+            continue
+        try:
+            await runtime.redis.ping()
+        except (RedisError, OSError):
+            continue  # still away; the limiter's own errors are already counted
+        await merge_local_usage(runtime.redis, runtime.usage, runtime.metrics)
