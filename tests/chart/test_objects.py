@@ -1,0 +1,163 @@
+"""What the chart renders is what the API server would accept, for every values set."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.chart.conftest import CHART, KUBE_VERSION, RELEASE, REPO, Chart, Rendered
+from tests.harness.crd_schema import crd_errors
+
+pytestmark = pytest.mark.chart
+
+
+def _kubernetes_errors(obj: dict[str, Any]) -> str | None:
+    try:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = ".".join(str(part) for part in error.path)
+        return f"{obj['kind']}/{obj['metadata']['name']}: {path}: {error.message}"
+    return None
+
+
+def test_every_builtin_object_passes_the_strict_kubernetes_schema(rendered: Rendered) -> None:
+    builtin = [
+        obj for obj in rendered.objects if obj["kind"] not in ("ApiPlatform", "ServiceMonitor")
+    ]
+    errors = [error for obj in builtin if (error := _kubernetes_errors(obj))]
+    assert not errors, "\n".join(errors)
+
+
+def test_the_api_platform_is_admitted_by_the_generated_crd(rendered: Rendered) -> None:
+    (platform,) = rendered.of_kind("ApiPlatform")
+    assert crd_errors(platform) == []
+
+
+def test_service_monitors_select_the_services_that_expose_their_port(rendered: Rendered) -> None:
+    services = rendered.of_kind("Service")
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+        matching = [
+            service
+            for service in services
+            if selector.items() <= service["metadata"]["labels"].items()
+            and ports <= {port["name"] for port in service["spec"]["ports"]}
+        ]
+        assert matching, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+
+
+@pytest.mark.parametrize(
+    "values_file", ["values.yaml", "values-dev.yaml", "values-staging.yaml", "values-prod.yaml"]
+)
+def test_helm_lint_strict_is_clean(helm: str, values_file: str) -> None:
+    result = subprocess.run(
+        [
+            helm,
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(CHART / values_file),
+            "--kube-version",
+            KUBE_VERSION,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout, result.stdout
+    assert "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_chart_crds_are_byte_identical_to_the_generated_crds() -> None:
+    generated = {path.name: path.read_bytes() for path in (REPO / "crds").glob("*.yaml")}
+    shipped = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+    assert generated, "crds/ is empty: run `make crds`"
+    assert shipped == generated, "charts/tenantry/crds differs from crds/: run `make chart-crds`"
+
+
+def test_include_crds_renders_every_custom_resource_definition(chart: Chart) -> None:
+    kinds = {
+        crd["spec"]["names"]["kind"]
+        for crd in chart.values_set("minimal").of_kind("CustomResourceDefinition")
+    }
+    assert kinds == {"ApiTenant", "RateLimitPolicy", "ApiPlatform"}
+
+
+def test_the_operator_owns_autoscaling_so_helm_renders_no_hpa_and_no_replicas(
+    rendered: Rendered,
+) -> None:
+    assert rendered.of_kind("HorizontalPodAutoscaler") == []
+    for component in ("api", "worker"):
+        assert "replicas" not in rendered.component(component)["spec"], component
+
+
+def test_the_api_platform_names_the_rendered_deployments(chart: Chart) -> None:
+    prod = chart.values_set("prod")
+    (platform,) = prod.of_kind("ApiPlatform")
+    deployments = {obj["metadata"]["name"] for obj in prod.of_kind("Deployment")}
+    spec = platform["spec"]
+    assert spec["api"]["deployment"] in deployments
+    assert spec["worker"]["deployment"] in deployments
+    assert platform["metadata"]["namespace"] == "tenantry-system"
+    assert (spec["api"]["minReplicas"], spec["api"]["maxReplicas"]) == (3, 30)
+    assert spec["api"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert spec["worker"]["capacityPerReplica"] == 8
+
+
+@pytest.mark.parametrize("component", ["beat", "operator"])
+def test_singletons_run_one_replica_replaced_by_recreate(
+    rendered: Rendered, component: str
+) -> None:
+    spec = rendered.component(component)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+
+
+def test_every_object_carries_the_standard_labels(rendered: Rendered) -> None:
+    for obj in rendered.objects:
+        if obj["kind"] == "CustomResourceDefinition":
+            continue
+        labels = obj["metadata"]["labels"]
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert labels["app.kubernetes.io/name"] == "tenantry", where
+        assert labels["app.kubernetes.io/instance"] == RELEASE, where
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", where
+        assert labels["app.kubernetes.io/part-of"] == "tenantry", where
+        assert "app.kubernetes.io/component" in labels, where
+        assert "app.kubernetes.io/version" in labels, where
+        assert labels["helm.sh/chart"].startswith("tenantry-"), where
+
+
+SELECTOR_KEYS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+}
+
+
+def test_selectors_use_name_instance_and_component_only(rendered: Rendered) -> None:
+    for workload in rendered.of_kind("Deployment"):
+        selector = workload["spec"]["selector"]["matchLabels"]
+        assert set(selector) == SELECTOR_KEYS, workload["metadata"]["name"]
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    for service in rendered.of_kind("Service"):
+        assert set(service["spec"]["selector"]) == SELECTOR_KEYS, service["metadata"]["name"]
+    for budget in rendered.of_kind("PodDisruptionBudget"):
+        assert set(budget["spec"]["selector"]["matchLabels"]) == SELECTOR_KEYS
+
+
+def test_every_service_selects_a_rendered_pod_template(rendered: Rendered) -> None:
+    templates = [
+        w["spec"]["template"]["metadata"]["labels"] for w in rendered.of_kind("Deployment")
+    ]
+    for service in rendered.of_kind("Service"):
+        selector = service["spec"]["selector"].items()
+        assert any(selector <= labels.items() for labels in templates), service["metadata"]["name"]
