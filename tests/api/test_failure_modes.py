@@ -7,13 +7,14 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 import redis
 
 from tenantry.contract.usage import TOTAL_ROUTE, minute_of, usage_bucket_key
-from tests.api.conftest import Api, ServeApi, auth
+from tests.api.conftest import ServeApi, auth
 from tests.harness.servers import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -26,10 +27,10 @@ def _take_away(server: RedisProcess, how: str) -> None:
         server.kill()
 
 
-async def _wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
