@@ -43,6 +43,11 @@ test: lint typecheck pytest ## everything CI runs: lint, types, tests
 crds: $(VENV)/.installed ## regenerate crds/ from the contract models
 	$(VENV)/bin/tenantry crds --out crds
 
+.PHONY: chart-crds
+chart-crds: crds ## copy the generated CRDs into the Helm chart (charts/tenantry/crds)
+	rm -f charts/tenantry/crds/*.yaml
+	cp crds/*.yaml charts/tenantry/crds/
+
 bench-api: $(VENV)/.installed servers ## API request path against bare FastAPI, slowapi and fastapi-limiter
 	scripts/ensure-wrk.sh
 	$(VENV)/bin/python -m bench.api
