@@ -124,11 +124,14 @@ def test_every_component_environment_is_accepted_by_settings(
             settings = Settings()
         assert settings.platform_namespace == NAMESPACE
         assert settings.environment == "prod"
+        if container["name"] == "worker":
+            assert settings.worker.soft_shutdown_timeout_seconds == 60
         if container["name"] == "api":
             assert (settings.api.host, settings.api.port) == ("0.0.0.0", 8000)
             assert settings.registry.source == "kubernetes"
         if container["name"] == "operator":
             assert settings.operator.namespaces == ["team-a", "team-b"]
+            assert settings.operator.standalone is True
 
 
 def _unserved(paths: set[str]) -> set[str]:

@@ -128,7 +128,8 @@ def test_worker_probes_by_command_and_outlasts_its_soft_shutdown(chart: Chart) -
             "ready",
         ]
         grace = pod_spec(rendered.component("worker"))["terminationGracePeriodSeconds"]
-        soft_shutdown = {"minimal": 30, "prod": 60}[name]
+        soft_shutdown = float(_env(worker)["TENANTRY_WORKER__SOFT_SHUTDOWN_TIMEOUT_SECONDS"])
+        assert soft_shutdown == {"minimal": 30, "prod": 60}[name]
         assert grace > soft_shutdown
 
 
