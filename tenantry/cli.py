@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from tenantry.api.cli import api_command, dev_command
 from tenantry.contract.crds import render_crds
 from tenantry.contract.manifests import ManifestError, load_manifests
-from tenantry.contract.policy import effective_limits
 from tenantry.settings import get_settings
 
 app = typer.Typer(
@@ -78,34 +78,8 @@ def migrate(
     typer.echo(f"database at {revision}")
 
 
-@app.command()
-def dev(
-    manifests: Annotated[
-        list[Path] | None, typer.Option(help="Manifest files or folders to serve.")
-    ] = None,
-) -> None:
-    """Run the platform on one machine with no cluster and no servers."""
-    settings = get_settings()
-    paths = manifests or settings.registry.manifests
-    try:
-        found = load_manifests(paths, settings.platform_namespace)
-    except ManifestError as error:
-        for problem in error.problems:
-            typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(1) from error
-    typer.echo(f"Tenants from {', '.join(str(p) for p in paths)}:")
-    for (namespace, name), tenant in sorted(found.tenants.items()):
-        policy = found.policy_for(tenant, settings.platform_namespace)
-        assert policy is not None  # load_manifests refuses unknown tiers
-        limits = effective_limits(policy.spec, tenant.spec.overrides)
-        rate = f"{limits.requests_per_minute}/min" if limits.requests_per_minute else "unlimited"
-        quota = f"{limits.monthly_quota}/month" if limits.monthly_quota else "no quota"
-        state = "suspended" if tenant.spec.suspended else "active"
-        keys = ", ".join(key.name for key in tenant.spec.keys) or "no keys"
-        typer.echo(
-            f"  {namespace}/{name:<12} tier={tenant.spec.policy_ref.name:<11} {state:<9} "
-            f"rate={rate} burst={limits.burst} {quota} keys: {keys}"
-        )
+app.command("api")(api_command)
+app.command("dev")(dev_command)
 
 
 def main() -> None:

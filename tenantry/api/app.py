@@ -24,6 +24,7 @@ from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
 from tenantry.db.engine import create_engine
+from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings, get_settings
 from tenantry.sources import RegistrySource
@@ -118,6 +119,14 @@ def create_app(
     app.include_router(v1.router)
     app.add_middleware(ApiMiddleware, runtime=runtime)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app `tenantry api` serves: settings from `TENANTRY_*`, JSON logs configured in
+    each worker process."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 async def _merge_usage_forever(runtime: ApiRuntime) -> None:
