@@ -134,19 +134,39 @@ def test_every_component_environment_is_accepted_by_settings(
             assert settings.operator.standalone is True
 
 
-def _unserved(paths: set[str]) -> set[str]:
-    """The paths no route of the API's app answers a GET on."""
+def _api_app() -> Any:
     try:
         from tenantry.api.app import create_app
     except ModuleNotFoundError as error:
         pytest.fail(f"no API app factory (tenantry.api.app.create_app) to check routes: {error}")
-    app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    return create_app(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+
+
+def _served_paths() -> set[str]:
+    """The documented paths of the API, and the documentation itself."""
+    app = _api_app()
+    return {*app.openapi()["paths"], app.openapi_url, app.docs_url}
+
+
+def _unserved(paths: set[str]) -> set[str]:
+    """The paths no route of the API's app answers a GET on."""
+    app = _api_app()
 
     def served(path: str) -> bool:
         scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "app": app}
         return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
 
     return {path for path in paths if not served(path)}
+
+
+def test_every_ingress_path_leads_to_a_route_of_the_api(chart: Chart) -> None:
+    (ingress,) = chart.values_set("prod").of_kind("Ingress")
+    paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {"/v1": "Prefix", "/openapi.json": "Exact", "/docs": "Prefix"}
+    served = _served_paths()
+    for path, path_type in paths.items():
+        under = [route for route in served if route == path or route.startswith(path + "/")]
+        assert under if path_type == "Prefix" else path in served, f"{path} reaches no route"
 
 
 def test_every_http_probe_and_scrape_path_is_a_route_of_the_api(chart: Chart) -> None:

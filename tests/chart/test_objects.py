@@ -7,6 +7,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.chart.conftest import CHART, KUBE_VERSION, RELEASE, REPO, Chart, Rendered
 from tests.harness.crd_schema import crd_errors
@@ -14,9 +15,9 @@ from tests.harness.crd_schema import crd_errors
 pytestmark = pytest.mark.chart
 
 
-def _kubernetes_errors(obj: dict[str, Any]) -> str | None:
+def _kubernetes_errors(obj: dict[str, Any], version: str = KUBE_VERSION) -> str | None:
     try:
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         path = ".".join(str(part) for part in error.path)
         return f"{obj['kind']}/{obj['metadata']['name']}: {path}: {error.message}"
@@ -28,6 +29,15 @@ def test_every_builtin_object_passes_the_strict_kubernetes_schema(rendered: Rend
         obj for obj in rendered.objects if obj["kind"] not in ("ApiPlatform", "ServiceMonitor")
     ]
     errors = [error for obj in builtin if (error := _kubernetes_errors(obj))]
+    assert not errors, "\n".join(errors)
+
+
+def test_the_oldest_supported_kubernetes_accepts_every_object(chart: Chart) -> None:
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    oldest = floor.removeprefix(">=").removesuffix("-0")
+    prod = chart.render("-f", str(CHART / "values-prod.yaml"), "--kube-version", oldest)
+    builtin = [obj for obj in prod.objects if obj["kind"] != "ApiPlatform"]
+    errors = [error for obj in builtin if (error := _kubernetes_errors(obj, oldest))]
     assert not errors, "\n".join(errors)
 
 

@@ -250,7 +250,7 @@ def test_prod_has_disruption_budgets_and_dev_has_none(chart: Chart) -> None:
     assert chart.values_set("dev").of_kind("PodDisruptionBudget") == []
 
 
-def test_ingress_takes_its_class_hosts_and_tls_from_values(chart: Chart) -> None:
+def test_ingress_takes_its_class_hosts_paths_and_tls_from_values(chart: Chart) -> None:
     (ingress,) = chart.values_set("all-features").of_kind("Ingress")
     assert ingress["apiVersion"] == "networking.k8s.io/v1"
     spec = ingress["spec"]
@@ -261,11 +261,34 @@ def test_ingress_takes_its_class_hosts_and_tls_from_values(chart: Chart) -> None
             "hosts": ["api.tenantry.example", "api.eu.tenantry.example"],
         }
     ]
-    hosts = {rule["host"]: rule["http"]["paths"] for rule in spec["rules"]}
-    assert hosts["api.eu.tenantry.example"][0]["path"] == "/v1"
-    backend = hosts["api.tenantry.example"][0]["backend"]["service"]
-    assert backend == {"name": f"{RELEASE}-api", "port": {"name": "http"}}
+    assert [rule["host"] for rule in spec["rules"]] == [
+        "api.tenantry.example",
+        "api.eu.tenantry.example",
+    ]
+    for rule in spec["rules"]:
+        (path,) = rule["http"]["paths"]
+        assert (path["path"], path["pathType"]) == ("/v1", "Prefix")
+        assert path["backend"]["service"] == {"name": f"{RELEASE}-api", "port": {"name": "http"}}
     assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+
+
+INTERNAL_PATHS = ("/livez", "/readyz", "/startupz", "/metrics")
+
+
+def _routes_to(path: dict[str, str], request_path: str) -> bool:
+    """Whether an Ingress path sends `request_path` to the API (networking.k8s.io/v1 rules)."""
+    if path["pathType"] == "Exact":
+        return request_path == path["path"]
+    prefix = path["path"].rstrip("/")
+    return request_path == path["path"] or request_path.startswith(prefix + "/")
+
+
+def test_the_ingress_keeps_probes_and_metrics_inside_the_cluster(rendered: Rendered) -> None:
+    for ingress in rendered.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                exposed = [p for p in INTERNAL_PATHS if _routes_to(path, p)]
+                assert exposed == [], f"{rule['host']}{path['path']} exposes {exposed}"
 
 
 def test_no_ingress_unless_enabled(chart: Chart) -> None:
