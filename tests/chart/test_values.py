@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import pytest
 
-from tests.chart.conftest import CHART, MONITORING_API, RELEASE, Chart, Rendered, pod_spec
+from tests.chart.conftest import (
+    CHART,
+    MONITORING_API,
+    NAMESPACE,
+    RELEASE,
+    Chart,
+    Rendered,
+    pod_spec,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -308,3 +317,29 @@ def test_component_values_fall_back_to_the_shared_defaults(chart: Chart) -> None
     annotations = rendered.component("beat")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["team.example/owner"] == "platform"
     assert api["containers"][0]["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
+
+
+def _install_notes(helm: str, *args: str) -> str:
+    """The NOTES a user reads after `helm install` (a client-side dry run needs no cluster)."""
+    result = subprocess.run(
+        [helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.partition("NOTES:")[2]
+
+
+def test_install_notes_name_the_secrets_to_create_and_where_the_api_answers(helm: str) -> None:
+    prod = _install_notes(helm, "-f", str(CHART / "values-prod.yaml"))
+    assert "tenantry-database [url]" in prod
+    assert "tenantry-redis [url]" in prod
+    assert "https://api.tenantry.example/v1/" in prod
+    assert "kubectl apply --server-side -f charts/tenantry/crds/" in prod
+    dev = _install_notes(helm, "-f", str(CHART / "values-dev.yaml"))
+    assert "[url]" not in dev
+    assert "http://api.tenantry.localhost/v1/" in dev
+    bare = _install_notes(helm)
+    assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-api 8000:80" in bare
