@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from typing import Any
@@ -149,6 +150,24 @@ def test_dev_runs_postgres_and_redis_in_the_release_with_generated_credentials(
     }
     hook = dev.component("migrations", "Job")["metadata"]["annotations"]["helm.sh/hook"]
     assert hook == "post-install,pre-upgrade"
+
+
+def test_dev_credentials_agree_between_the_servers_and_the_urls(chart: Chart) -> None:
+    dev = chart.values_set("dev")
+    data = {
+        key: base64.b64decode(value).decode()
+        for key, value in dev.get("Secret", f"{RELEASE}-dev-credentials")["data"].items()
+    }
+    assert len(data["postgres-password"]) == 32
+    assert data["database-url"] == (
+        f"postgresql+asyncpg://tenantry:{data['postgres-password']}@{RELEASE}-postgresql:5432/tenantry"
+    )
+    assert data["redis-url"] == f"redis://:{data['redis-password']}@{RELEASE}-redis:6379/0"
+    redis = pod_spec(dev.component("redis"))["containers"][0]
+    assert redis["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "redis-password"
+    postgres = {e["name"]: e for e in pod_spec(dev.component("postgresql"))["containers"][0]["env"]}
+    assert postgres["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgres-password"
 
 
 def test_prod_uses_external_postgres_and_redis(chart: Chart) -> None:
