@@ -362,3 +362,13 @@ def test_install_notes_name_the_secrets_to_create_and_where_the_api_answers(helm
     assert "http://api.tenantry.localhost/v1/" in dev
     bare = _install_notes(helm)
     assert f"kubectl -n {NAMESPACE} port-forward svc/{RELEASE}-api 8000:80" in bare
+
+
+def test_a_component_without_resources_gets_the_shared_default(chart: Chart) -> None:
+    dev = chart.values_set("dev")
+    for component in ("api", "worker", "beat", "operator"):
+        (container,) = pod_spec(dev.component(component))["containers"]
+        assert container["resources"] == {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "384Mi"},
+        }, component
