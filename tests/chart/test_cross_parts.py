@@ -7,6 +7,7 @@ import inspect
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,13 @@ def test_every_http_probe_and_scrape_path_is_a_route_of_the_api(chart: Chart) ->
 
 
 # --- the image ----------------------------------------------------------------------------
+
+
+def test_the_default_image_tag_is_the_projects_version(chart: Chart) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    image = pod_spec(chart.values_set("minimal").component("api"))["containers"][0]["image"]
+    assert image == f"ghcr.io/tenantry/tenantry:{project['version']}"
+
 
 DOCKERFILE = REPO / "Dockerfile"
 
