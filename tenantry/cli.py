@@ -11,6 +11,7 @@ from tenantry.api.cli import api_command, dev_command
 from tenantry.contract.crds import render_crds
 from tenantry.contract.manifests import ManifestError, load_manifests
 from tenantry.settings import get_settings
+from tenantry.worker.commands import audit_app, beat, worker_app
 
 app = typer.Typer(
     name="tenantry",
@@ -80,6 +81,9 @@ def migrate(
 
 app.command("api")(api_command)
 app.command("dev")(dev_command)
+app.add_typer(worker_app, name="worker")
+app.add_typer(audit_app, name="audit")
+app.command("beat")(beat)
 
 
 def main() -> None:

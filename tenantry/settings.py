@@ -84,7 +84,10 @@ class WorkerSettings(BaseModel):
         "longest job time limit or a running job would be delivered twice.",
     )
     soft_shutdown_timeout_seconds: float = Field(
-        default=20.0, ge=0, description="On SIGTERM, how long running jobs may finish."
+        default=20.0,
+        ge=0,
+        description="On SIGQUIT or Ctrl+C, how long running jobs may finish before being "
+        "re-queued (SIGTERM waits for them; the pod's grace period bounds it).",
     )
     job_lease_seconds: float = Field(
         default=30.0, gt=0, description="A running job's lease; renewed every third of it."
@@ -119,6 +122,10 @@ class WorkerSettings(BaseModel):
     )
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_max_age_seconds: float = Field(
+        default=60.0, gt=0, description="The liveness probe fails past this heartbeat age."
+    )
+    beat_schedule_file: Path = Path("/tmp/tenantry-beat-schedule")  # noqa: S108 - emptyDir
 
 
 class OperatorSettings(BaseModel):

@@ -12,14 +12,18 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tenantry.contract.registry import Registry
+from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
+from tenantry.redis_client import create_redis
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import Verdict, execute_job
 from tenantry.worker.kinds import JobKinds
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
 from tenantry.worker.semaphore import RedisSemaphore
 from tenantry.worker.webhook import WebhookDeliver, verify
-from tests.worker.conftest import ACME, Harness, fast_settings, wait_for
+from tests.harness.servers import PostgresProcess
+from tests.worker.conftest import ACME, Harness, fast_settings, tenant, wait_for
 from tests.worker.receiver import Reply, running_receiver
 
 pytestmark = pytest.mark.integration
@@ -171,10 +175,6 @@ async def test_cancelling_a_running_job_stops_it(harness: Harness) -> None:
 async def test_max_concurrent_jobs_holds_across_workers(
     sessions: async_sessionmaker[AsyncSession], redis_url: str
 ) -> None:
-    from tenantry.contract.registry import Registry
-    from tenantry.redis_client import create_redis
-    from tests.worker.conftest import tenant
-
     holder = RegistryHolder()
     holder.publish(Registry.build([tenant(ACME, max_concurrent_jobs=2)]))
     client = create_redis(redis_url, timeout_seconds=2)
@@ -194,8 +194,6 @@ async def test_max_concurrent_jobs_holds_across_workers(
 
 
 async def test_a_crashed_workers_slot_frees_itself(redis_url: str) -> None:
-    from tenantry.redis_client import create_redis
-
     client = create_redis(redis_url, timeout_seconds=2)
     slots = RedisSemaphore(client)
     assert await slots.acquire(ACME, "job-a", 1, lease_seconds=0.3)
@@ -267,3 +265,26 @@ async def test_outbox_sweep_leaves_fresh_and_finished_jobs_alone(harness: Harnes
     assert await execute_job(harness.context, job_id, message.attempt) is Verdict.SUCCEEDED
     await asyncio.sleep(harness.settings.outbox_grace_seconds)
     assert await sweep_outbox(harness.context) == 0
+
+
+async def test_postgres_stopped_during_a_job_neither_loses_nor_repeats_it(
+    own_postgres: PostgresProcess, holder: RegistryHolder
+) -> None:
+    engine = create_engine(own_postgres.url)
+    harness = Harness(session_factory(engine), holder, fast_settings(job_lease_seconds=30))
+    with running_receiver([Reply(200, delay_seconds=1.5)]) as receiver:
+        async with harness.worker().running():
+            job_id = await harness.submit("webhook.deliver", hook(receiver.url))
+            await harness.wait_status(job_id, JobStatus.RUNNING)
+            await asyncio.to_thread(own_postgres.stop)  # while the receiver works
+
+            async def answered() -> bool:
+                return len(receiver.deliveries) == 1 and receiver.in_flight == 0
+
+            await wait_for(answered, what="the receiver to answer")
+            await asyncio.sleep(0.5)  # the worker now retries recording the outcome
+            await asyncio.to_thread(own_postgres.start)
+            job = await harness.wait_status(job_id, JobStatus.SUCCEEDED)
+    assert job.attempts == 1
+    assert receiver.delivery_ids() == [str(job_id)]
+    await engine.dispose()

@@ -1,0 +1,230 @@
+"""The Celery application: queues, delivery guarantees, tasks and the beat schedule.
+
+Delivery settings, and why:
+- `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its
+  task ran, and goes back to the queue if the worker process dies, so a crash loses nothing.
+- `worker_prefetch_multiplier = 1`: a worker holds no more jobs than it runs, so a long job
+  does not strand others behind it.
+- `visibility_timeout` above the longest job time limit: Redis redelivers an unacknowledged
+  message after it, which must never happen to a job that is still running (checked here).
+- SIGTERM is Celery's warm shutdown: the worker stops taking messages, returns the ones it
+  had reserved to the queue, lets running jobs finish and exits as soon as they have. Should
+  the pod's grace period end first, the kill leaves those jobs' leases to lapse, and the outbox
+  sweep re-queues them within `job_lease_seconds`. (Celery's "soft shutdown", for SIGQUIT and
+  Ctrl+C, always sleeps its whole timeout, so it is not used for SIGTERM.)
+Time limits are per kind: the soft one is enforced by the job's own coroutine (`execution`);
+the hard one is Celery's `time_limit` on each message, which kills the process running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import structlog
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init, worker_process_shutdown
+from kombu.entity import Exchange, Queue
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from tenantry.contract.resources import JobPriority
+from tenantry.settings import Settings
+from tenantry.worker import metrics
+from tenantry.worker.kinds import JobKinds
+from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
+from tenantry.worker.probes import write_heartbeat
+from tenantry.worker.queueing import JobMessage, PublishError
+from tenantry.worker.runtime import WorkerRuntime
+
+log = structlog.get_logger("tenantry.worker")
+
+MAINTENANCE_QUEUE = "maintenance"
+# Consumed in this order ("priority" strategy): housekeeping first, then by job priority.
+QUEUES = (
+    MAINTENANCE_QUEUE,
+    JobPriority.HIGH.queue,
+    JobPriority.DEFAULT.queue,
+    JobPriority.LOW.queue,
+)
+RUN_JOB = "tenantry.run_job"
+FLUSH_USAGE = "tenantry.flush_usage"
+SWEEP_OUTBOX = "tenantry.sweep_outbox"
+TRIM_IDEMPOTENCY = "tenantry.trim_idempotency"
+# Publishing gives up fast when the broker is away: the outbox sends the job later.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def broker_url(settings: Settings) -> str:
+    url = settings.worker.broker_url or settings.redis_url
+    if not url:
+        raise ValueError(
+            "no broker: set TENANTRY_REDIS_URL or TENANTRY_WORKER__BROKER_URL "
+            "(`tenantry dev` runs jobs in process instead)"
+        )
+    return url
+
+
+class CeleryPublisher:
+    """`JobPublisher` onto the Celery broker."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish_now(self, message: JobMessage) -> None:
+        try:
+            self.app.send_task(
+                RUN_JOB,
+                args=[str(message.job_id), message.attempt],
+                queue=message.queue,
+                countdown=message.countdown_seconds or None,
+                time_limit=message.time_limit_seconds,
+                headers={"request_id": message.request_id, "traceparent": message.trace_context},
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
+        except (KombuError, RedisError, OSError) as error:
+            raise PublishError(f"broker refused job {message.job_id}: {error}") from error
+
+    async def publish(self, message: JobMessage) -> None:
+        await asyncio.to_thread(self.publish_now, message)
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def _queue(name: str) -> Queue:
+    """A queue with its own direct exchange and routing key, so a message sent to one queue
+    lands in that queue only."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+
+
+def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
+    kinds = kinds or JobKinds.discover()
+    worker = settings.worker
+    if kinds.longest_time_limit >= worker.visibility_timeout_seconds:
+        raise ValueError(
+            f"worker.visibility_timeout_seconds ({worker.visibility_timeout_seconds}) must "
+            f"exceed the longest job time limit ({kinds.longest_time_limit:g}s), or a running "
+            "job would be delivered a second time"
+        )
+    app = Celery("tenantry", broker=broker_url(settings), set_as_current=True)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[_queue(name) for name in QUEUES],
+        task_default_queue=JobPriority.DEFAULT.queue,
+        task_routes={
+            FLUSH_USAGE: {"queue": MAINTENANCE_QUEUE},
+            SWEEP_OUTBOX: {"queue": MAINTENANCE_QUEUE},
+            TRIM_IDEMPOTENCY: {"queue": MAINTENANCE_QUEUE},
+        },
+        broker_transport_options={
+            "visibility_timeout": worker.visibility_timeout_seconds,
+            "queue_order_strategy": "priority",
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_soft_shutdown_timeout=worker.soft_shutdown_timeout_seconds,
+        worker_enable_soft_shutdown_on_idle=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "usage-flush": {
+                "task": FLUSH_USAGE,
+                "schedule": worker.usage_flush_interval_seconds,
+                "options": {"expires": worker.usage_flush_interval_seconds},
+            },
+            "outbox-sweep": {
+                "task": SWEEP_OUTBOX,
+                "schedule": worker.outbox_interval_seconds,
+                "options": {"expires": worker.outbox_interval_seconds},
+            },
+            "idempotency-trim": {
+                "task": TRIM_IDEMPOTENCY,
+                "schedule": worker.idempotency_trim_interval_seconds,
+                "options": {"expires": worker.idempotency_trim_interval_seconds},
+            },
+        },
+    )
+    publisher = CeleryPublisher(app)
+
+    def runtime() -> WorkerRuntime:
+        global _runtime
+        if _runtime is None:
+            _runtime = WorkerRuntime(settings, publisher, kinds=kinds)
+            _runtime.wait_for_registry()
+        return _runtime
+
+    def start_process(**_: Any) -> None:
+        runtime()
+
+    def stop_process(**_: Any) -> None:
+        global _runtime
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None
+
+    worker_process_init.connect(start_process, weak=False)
+    worker_process_shutdown.connect(stop_process, weak=False)
+
+    def run_job(job_id: str, attempt: int) -> str:
+        from tenantry.worker.execution import execute_job
+
+        current = runtime()
+        return current.call(execute_job(current.context, uuid.UUID(job_id), attempt)).value
+
+    def flush_usage() -> int:
+        current = runtime()
+        tenants = list(current.holder.registry.tenants.values())
+        try:
+            report = current.call(current.flusher.flush(tenants))
+        except Exception:
+            metrics.FLUSH_ERRORS.inc()
+            raise
+        return report.requests
+
+    def sweep() -> int:
+        current = runtime()
+        return current.call(sweep_outbox(current.context))
+
+    def trim() -> int:
+        current = runtime()
+        return current.call(trim_idempotency_keys(current.context))
+
+    app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)(run_job)
+    app.task(name=FLUSH_USAGE)(flush_usage)
+    app.task(name=SWEEP_OUTBOX)(sweep)
+    app.task(name=TRIM_IDEMPOTENCY)(trim)
+    app.steps["worker"].add(_heartbeat_step(settings))
+    return app
+
+
+def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
+    interval = settings.worker.heartbeat_interval_seconds
+    path = settings.worker.heartbeat_file
+
+    class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Refreshes the heartbeat file from the worker's own timer, whether or not tasks
+        run, so the liveness probe sees a worker that is alive but idle as alive."""
+
+        requires = {"celery.worker.components:Timer"}
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.timer_ref: Any = None
+
+        def start(self, parent: Any) -> None:
+            write_heartbeat(path)
+            self.timer_ref = parent.timer.call_repeatedly(interval, write_heartbeat, (path,))
+
+        def stop(self, parent: Any) -> None:
+            if self.timer_ref is not None:
+                self.timer_ref.cancel()
+
+    return Heartbeat

@@ -1,0 +1,45 @@
+"""The Celery application's routing and its refusal of unsafe settings."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from tenantry.settings import Settings, WorkerSettings
+from tenantry.worker.celery_app import QUEUES, CeleryPublisher, broker_url, create_celery
+from tenantry.worker.queueing import JobMessage, PublishError
+from tests.harness.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("queue", ["jobs.high", "jobs.default", "jobs.low"])
+async def test_a_job_lands_on_its_tiers_queue_only(redis_url: str, queue: str) -> None:
+    app = create_celery(Settings(redis_url=redis_url))
+    await CeleryPublisher(app).publish(JobMessage(job_id=uuid.uuid4(), attempt=0, queue=queue))
+    client = redis.Redis.from_url(redis_url)
+    depths = {name: client.llen(name) for name in QUEUES}
+    client.close()
+    assert depths == {name: int(name == queue) for name in QUEUES}
+
+
+async def test_an_unreachable_broker_is_a_publish_error_not_a_hang() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    publisher = CeleryPublisher(create_celery(Settings(redis_url=dead)))
+    with pytest.raises(PublishError, match="broker refused job"):
+        await publisher.publish(JobMessage(job_id=uuid.uuid4(), attempt=0, queue="jobs.default"))
+
+
+def test_a_visibility_timeout_shorter_than_a_job_time_limit_is_refused() -> None:
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0", worker=WorkerSettings(visibility_timeout_seconds=60)
+    )
+    with pytest.raises(ValueError, match=r"visibility_timeout_seconds \(60\) must exceed"):
+        create_celery(settings)
+
+
+def test_the_worker_without_a_broker_says_what_to_set() -> None:
+    with pytest.raises(ValueError, match="TENANTRY_REDIS_URL"):
+        broker_url(Settings(redis_url=None))

@@ -1,0 +1,171 @@
+"""Fault tests with real `tenantry worker` processes on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tenantry.contract.registry import Registry
+from tenantry.db.engine import create_engine, session_factory
+from tenantry.db.tables import Job, JobStatus
+from tenantry.settings import Settings
+from tenantry.worker.celery_app import CeleryPublisher, create_celery
+from tenantry.worker.jobs_service import JobsService, JobSubmission
+from tenantry.worker.kinds import JobKinds
+from tests.harness.servers import RedisProcess
+from tests.worker.conftest import wait_for
+from tests.worker.processes import TENANT, reconcile_registry, running_worker, worker_env
+from tests.worker.receiver import Reply, running_receiver
+
+pytestmark = pytest.mark.integration
+
+TENANTRY = str(Path(sys.executable).parent / "tenantry")
+
+
+class Submitter:
+    """What the API does on `POST /v1/jobs`: the jobs service with a Celery publisher."""
+
+    def __init__(self, database_url: str, redis_url: str, registry: Registry) -> None:
+        settings = Settings(database_url=database_url, redis_url=redis_url)
+        self.engine = create_engine(database_url)
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        kinds = JobKinds.discover()
+        publisher = CeleryPublisher(create_celery(settings, kinds))
+        self.service = JobsService(self.sessions, kinds, publisher, settings.worker)
+        self.tenant = registry.tenants[TENANT]
+
+    async def webhook(self, url: str) -> uuid.UUID:
+        outcome = await self.service.submit(
+            self.tenant,
+            JobSubmission(
+                kind="webhook.deliver",
+                payload={"url": url, "body": {"n": 1}},
+                idempotency_key=uuid.uuid4().hex,
+                actor="key:test",
+            ),
+        )
+        return outcome.job_id
+
+    async def job(self, job_id: uuid.UUID) -> Job:
+        async with self.sessions() as session:
+            job = await session.get(Job, job_id)
+        assert job is not None
+        return job
+
+    async def wait_all(self, job_ids: list[uuid.UUID], status: JobStatus, within: float) -> None:
+        async def done() -> bool:
+            statuses = [(await self.job(j)).status for j in job_ids]
+            return all(s == status for s in statuses)
+
+        await wait_for(done, within=within, what=f"{len(job_ids)} jobs to be {status.value}")
+
+
+@pytest.fixture
+async def submitter(database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Submitter]:
+    registry = reconcile_registry(tmp_path / "keys.json")
+    submitter = Submitter(database_url, redis_url, registry)
+    yield submitter
+    await submitter.engine.dispose()
+
+
+async def test_kill_9_mid_job_finishes_the_job_once_in_effect(
+    submitter: Submitter, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = worker_env(tmp_path, database_url, redis_url)
+    with running_receiver([Reply(200, delay_seconds=30), Reply(200)]) as receiver:
+        with running_worker(tmp_path, env, "first") as worker:
+            job_id = await submitter.webhook(receiver.url)
+
+            async def in_flight() -> bool:
+                return len(receiver.deliveries) == 1
+
+            await wait_for(in_flight, what="the delivery to be in flight")
+            worker.kill_hard()
+        assert (await submitter.job(job_id)).status == JobStatus.RUNNING
+        with running_worker(tmp_path, env, "second") as worker:
+            await submitter.wait_all([job_id], JobStatus.SUCCEEDED, within=30)
+    job = await submitter.job(job_id)
+    assert set(receiver.delivery_ids()) == {str(job_id)}  # one delivery id, redelivered
+    assert len(receiver.deliveries) == 2
+    assert job.attempts == 2
+    assert job.result == {"status_code": 200, "delivery_id": str(job_id)}
+
+
+async def test_redis_restarted_empty_with_jobs_queued_loses_no_job(
+    database_url: str, own_redis: RedisProcess, tmp_path: Path
+) -> None:
+    registry = reconcile_registry(tmp_path / "keys.json")
+    submitter = Submitter(database_url, own_redis.url, registry)
+    env = worker_env(tmp_path, database_url, own_redis.url)
+    with running_receiver() as receiver:
+        queued = [await submitter.webhook(receiver.url) for _ in range(5)]  # no worker yet
+        own_redis.kill()
+        own_redis.start()  # no persistence: the queue is gone
+        with running_worker(tmp_path, env) as worker:
+            await submitter.wait_all(queued, JobStatus.SUCCEEDED, within=40)
+            # Redis goes away once more under a running worker; work resumes after it.
+            own_redis.kill()
+            own_redis.start()
+            later = [await submitter.webhook(receiver.url) for _ in range(3)]
+            await submitter.wait_all(later, JobStatus.SUCCEEDED, within=40)
+            assert worker.process.poll() is None
+    assert sorted(receiver.delivery_ids()) == sorted(str(j) for j in queued + later)
+    await submitter.engine.dispose()
+
+
+async def test_sigterm_lets_the_running_job_finish(
+    submitter: Submitter, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = worker_env(tmp_path, database_url, redis_url)
+    with (
+        running_receiver([Reply(200, delay_seconds=2)]) as receiver,
+        running_worker(tmp_path, env) as worker,
+    ):
+        job_id = await submitter.webhook(receiver.url)
+
+        async def in_flight() -> bool:
+            return len(receiver.deliveries) == 1
+
+        await wait_for(in_flight, what="the delivery to be in flight")
+        worker.terminate()
+        code = await asyncio.to_thread(worker.process.wait, 30)
+        assert code == 0, worker.log()
+    job = await submitter.job(job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    assert len(receiver.deliveries) == 1
+
+
+def probe(env: dict[str, Any], which: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TENANTRY, "worker", "probe", which], env=env, capture_output=True, text=True, check=False
+    )
+
+
+async def test_probes_follow_the_heartbeat_and_the_broker(
+    database_url: str, own_redis: RedisProcess, tmp_path: Path
+) -> None:
+    env = worker_env(tmp_path, database_url, own_redis.url)
+    with running_worker(tmp_path, env) as worker:
+        live, ready = probe(env, "live"), probe(env, "ready")
+        assert live.returncode == 0, live.stderr
+        assert ready.returncode == 0, ready.stderr
+        own_redis.kill()
+        not_ready = probe(env, "ready")
+        assert not_ready.returncode == 1
+        assert "broker unreachable" in not_ready.stderr
+        assert probe(env, "live").returncode == 0  # a lost broker is not a reason to restart
+        own_redis.start()
+        worker.kill_hard()
+
+    async def stale() -> bool:
+        return probe(env, "live").returncode == 1
+
+    await wait_for(stale, within=10, what="the heartbeat to go stale")
