@@ -97,16 +97,20 @@ async def cleanup(memo: Any, **_: Any) -> None:
 # --- tenants ---------------------------------------------------------------------------------
 
 
-async def reconcile_tenant(body: Mapping[str, Any], memo: Any, policies: Index) -> None:
+async def reconcile_tenant(
+    body: Mapping[str, Any], memo: Any, policies: Index, trigger: str
+) -> None:
     key = policy_key(body, memo.settings.platform_namespace)
     try:
-        await memo.reconciler.reconcile_tenant(body, _one(policies, key))
+        await memo.reconciler.reconcile_tenant(body, _one(policies, key), trigger=trigger)
     except KubeError as error:
         raise _retry_later(memo, error) from error
 
 
-async def tenant_changed(body: kopf.Body, memo: Any, policies: Index, **_: Any) -> None:
-    await reconcile_tenant(body, memo, policies)
+async def tenant_changed(
+    body: kopf.Body, reason: str, memo: Any, policies: Index, **_: Any
+) -> None:
+    await reconcile_tenant(body, memo, policies, trigger=str(reason))
 
 
 async def tenant_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -137,7 +141,7 @@ async def key_secret_changed(
     if tenant is None:
         return
     log.info("key_secret_drift", tenant=f"{namespace}/{tenant_name}", watch_event=type)
-    await reconcile_tenant(tenant, memo, policies)
+    await reconcile_tenant(tenant, memo, policies, trigger="key-secret")
 
 
 async def registry_shard_changed(
@@ -195,14 +199,14 @@ async def policy_changed(
             )
             in {None, "PolicyNotFound"}
         ]
-    elif previous == fingerprint:
-        tenant_ids = []
+    elif previous == fingerprint and type != "DELETED":
+        tenant_ids = []  # an echo of our own status write, or the watch replaying the list
     log.info(
         "policy_changed", policy=f"{namespace}/{name}", watch_event=type, tenants=len(tenant_ids)
     )
     await _for_each(
         [_one(tenants, tenant_id) for tenant_id in tenant_ids],
-        lambda tenant: reconcile_tenant(tenant, memo, policies),
+        lambda tenant: reconcile_tenant(tenant, memo, policies, trigger="policy"),
         memo.settings.operator.reconcile_concurrency,
     )
     if type != "DELETED":
@@ -279,7 +283,7 @@ async def platform_loop(
             last_resync = time.monotonic()
             await _for_each(
                 [_one(tenants, tenant_id) for tenant_id in list(tenants.keys())],
-                lambda tenant: reconcile_tenant(tenant, memo, policies),
+                lambda tenant: reconcile_tenant(tenant, memo, policies, trigger="resync"),
                 operator.reconcile_concurrency,
             )
 
@@ -306,8 +310,8 @@ def build_registry() -> kopf.OperatorRegistry:
     on.login(registry=registry)(_handler(login))
     on.startup(registry=registry)(_handler(startup))
     on.cleanup(registry=registry)(_handler(cleanup))
-    for cause in (on.resume, on.create, on.update):
-        cause(*TENANTS, id="tenant", registry=registry)(_handler(tenant_changed))
+    for cause, name in ((on.resume, "resume"), (on.create, "create"), (on.update, "update")):
+        cause(*TENANTS, id=f"tenant-{name}", registry=registry)(_handler(tenant_changed))
     on.delete(*TENANTS, id="tenant-deleted", registry=registry)(_handler(tenant_deleted))
     on.event(
         *SECRETS, id="key-secret", labels={desired.KEY_SECRET_LABEL: "true"}, registry=registry

@@ -119,6 +119,9 @@ class Reconciler:
     reservations: dict[str, tuple[ApiTenantSpec, EffectiveLimits]] = field(default_factory=dict)
     # Fingerprints of the key Secrets as last written, to tell our own echo from drift.
     key_secrets: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Status stanzas as last written, by object: fresher than the body of an event that
+    # crossed our own write, and what keeps a condition's lastTransitionTime put.
+    statuses: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     # The HPAs as last written, by name, to tell drift from our own echo.
     hpas: dict[str, dict[str, Any]] = field(default_factory=dict)
     platform_dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,7 +132,9 @@ class Reconciler:
 
     # --- tenants -----------------------------------------------------------------------------
 
-    async def reconcile_tenant(self, body: Body, policy_body: Body | None) -> TenantOutcome:
+    async def reconcile_tenant(
+        self, body: Body, policy_body: Body | None, *, trigger: str = "change"
+    ) -> TenantOutcome:
         """Bring a tenant's key Secret, registry entry and status to what its spec asks."""
         tenant_id = tenant_id_from(body)
         if (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -137,7 +142,7 @@ class Reconciler:
         async with self._lock(tenant_id):
             started = time.perf_counter()
             try:
-                outcome = await self._reconcile_tenant(tenant_id, body, policy_body)
+                outcome = await self._reconcile_tenant(tenant_id, body, policy_body, trigger)
             except Exception:
                 metrics.RECONCILES.labels(kind="ApiTenant", outcome="error").inc()
                 raise
@@ -153,10 +158,10 @@ class Reconciler:
             return outcome
 
     async def _reconcile_tenant(
-        self, tenant_id: str, body: Body, policy_body: Body | None
+        self, tenant_id: str, body: Body, policy_body: Body | None, trigger: str
     ) -> TenantOutcome:
         now = self.clock()
-        status = body.get("status") or {}
+        status = self.status_of(body)
         generation = (body.get("metadata") or {}).get("generation")
         try:
             tenant = ApiTenant.model_validate(_resource_fields(body))
@@ -235,6 +240,7 @@ class Reconciler:
         log.info(
             "tenant_reconciled",
             tenant=tenant_id,
+            trigger=trigger,
             generation=generation,
             writes=writes,
             keys=len(state.keys),
@@ -270,7 +276,7 @@ class Reconciler:
     async def _invalid_tenant(self, body: Body, message: str) -> TenantOutcome:
         """No retry: a spec only a new edit can fix is reported once and left alone."""
         want = desired.invalid_tenant_status(
-            body.get("status") or {},
+            self.status_of(body),
             (body.get("metadata") or {}).get("generation"),
             message,
             self.clock(),
@@ -305,6 +311,7 @@ class Reconciler:
             if await self.client.delete(core_path("secrets", namespace, key_secret_name(name))):
                 metrics.WRITES.labels(object="Secret").inc()
         self._locks.pop(tenant_id, None)
+        self.statuses.pop(_object_key(body), None)
         metrics.MANAGED.labels(kind="ApiTenant").set(len(self.entries))
         log.info("tenant_deleted", tenant=tenant_id)
 
@@ -394,7 +401,7 @@ class Reconciler:
 
     async def reconcile_policy(self, body: Body, tenant_count: int) -> int:
         want = desired.policy_status(
-            body.get("status") or {},
+            self.status_of(body),
             (body.get("metadata") or {}).get("generation"),
             tenant_count,
             self.clock(),
@@ -411,7 +418,7 @@ class Reconciler:
         except ValidationError as error:
             message = "; ".join(describe_validation_error(error))
             want = desired.invalid_tenant_status(
-                body.get("status") or {},
+                self.status_of(body),
                 (body.get("metadata") or {}).get("generation"),
                 message,
                 self.clock(),
@@ -438,7 +445,7 @@ class Reconciler:
                 writes += 1
         status = desired.platform_status(
             platform,
-            body.get("status") or {},
+            self.status_of(body),
             active_tenants=sum(1 for spec, _ in active if not spec.suspended),
             reserved_rps=reserved_rps,
             reserved_jobs=reserved_jobs,
@@ -470,10 +477,16 @@ class Reconciler:
             patched = await self.client.patch(f"{path}/{name}", _without_type(manifest))
             return patched or manifest
 
+    def status_of(self, body: Body) -> Mapping[str, Any]:
+        """The object's status as we last wrote it, else as the event shows it."""
+        return self.statuses.get(_object_key(body)) or body.get("status") or {}
+
     async def _patch_status(self, body: Body, plural: str, want: Mapping[str, Any]) -> int:
-        patch = desired.merge_patch(body.get("status") or {}, want)
+        key = _object_key(body)
+        patch = desired.merge_patch(self.status_of(body), want)
         if not patch:
             return 0
+        self.statuses[key] = want
         metadata = body.get("metadata") or {}
         path = custom_path(
             plural, str(metadata.get("namespace")), str(metadata.get("name")), status=True
@@ -481,6 +494,11 @@ class Reconciler:
         await self.client.patch(path, {"status": patch})
         metrics.WRITES.labels(object=f"{plural}/status").inc()
         return 1
+
+
+def _object_key(body: Body) -> str:
+    metadata = body.get("metadata") or {}
+    return f"{body.get('kind')}/{metadata.get('namespace')}/{metadata.get('name')}"
 
 
 def _event(body: Body, *, type: str, reason: str, message: str) -> None:

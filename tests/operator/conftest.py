@@ -52,6 +52,17 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator, naming objects created with `generateName` as a server would (Kopf
+    posts its Events so); without it every Event after a namespace's first is refused."""
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
+        if request.method == "POST" and metadata and metadata.get("generateName"):
+            metadata.setdefault("name", metadata["generateName"] + uuid.uuid4().hex[:5])
+        return await super()._handle(request)
+
+
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
     """What the API server would discover: the built-in kinds and our three CRDs."""
     emulator.resources.load_bundled()
@@ -131,7 +142,7 @@ class Cluster:
         """Write calls (create, patch, delete) by anything but the tests, after `mark`."""
         assert self.emulator is not None, "request history exists only on the emulator"
         return [
-            f"{request.method} {request.url.path}"
+            f"{request.method.value} {request.url.path} {request.text[:300]}"
             for request in list(self.emulator)[mark:]
             if request.method in {"POST", "PUT", "PATCH", "DELETE"}
             and not request.headers.get("User-Agent", "").startswith(TEST_AGENT)
@@ -187,7 +198,7 @@ async def cluster(
     async with contextlib.AsyncExitStack() as stack:
         emulator: kmock.KubernetesEmulator | None = None
         if kubeconfig is None:
-            emulator = await stack.enter_async_context(kmock.KubernetesEmulator())
+            emulator = await stack.enter_async_context(Emulator())
             await stack.enter_async_context(kmock.Server(emulator))
             declare_resources(emulator)
             kubeconfig = str(write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url)))
