@@ -55,8 +55,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -90,7 +90,10 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.closed or self._transport is None:
+        if self.closed:
+            return
+        if self._transport is None:
+            self._fail_all(RedisUnavailableError("connection to Redis is not open"))
             return
         self._transport.write(b"".join(self._outgoing))
         self._outgoing.clear()

@@ -83,7 +83,7 @@ async def test_metrics_use_route_templates_and_no_tenant_label(api: Api) -> None
     assert "/no/such/path/12345" not in text
     assert 'tenantry_api_limiter_decisions_total{decision="allowed",source="redis"} 1.0' in text
     assert 'tenantry_api_auth_failures_total{reason="malformed-api-key"} 1.0' in text
-    assert "tenantry_api_registry_tenants 6.0" in text
+    assert "tenantry_api_registry_tenants 7.0" in text
     assert "team-t/alpha" not in text
     assert "tenantry_api_request_duration_seconds_bucket" in text
 

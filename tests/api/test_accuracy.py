@@ -1,0 +1,125 @@
+"""Limiter accuracy across processes: several real API servers share one tenant's limit.
+
+Three `tenantry api` processes on their own ports and 64 concurrent clients on one tenant,
+for a few seconds. GCRA admits at most `burst + 1 + floor(W / T)` requests in any window W
+(T the emission interval); the admitted count must not exceed that for the measured window
+and must reach at least 99% of it. The usage metered in Redis must equal what was admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tenantry.contract.policy import gcra_params
+from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_key
+from tenantry.sources.files import FileRegistrySource
+from tests.api.conftest import MANIFESTS, auth
+from tests.api.servers import tenantry_process, wait_until_serving
+from tests.harness.servers import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+PROCESSES = 3
+CLIENTS = 64
+LOAD_SECONDS = 5.0
+TENANT = "team-t/metered"  # tier `steady`: 1200/min, burst 300
+
+
+def _redis_now(client: redis.Redis) -> float:
+    """Redis' clock, the one the limiter runs on, so the window is measured on it too."""
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1_000_000
+
+
+async def _hammer(urls: list[str], key: str, clock: redis.Redis) -> tuple[int, int, int, float]:
+    admitted = refused = other = 0
+    go = asyncio.Event()
+    connected = 0
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
+        async def worker(index: int) -> None:
+            nonlocal admitted, refused, other, connected
+            base = urls[index % len(urls)]
+            await client.get(base + "/livez")  # connect before the window opens
+            connected += 1
+            if connected == CLIENTS:
+                go.set()
+            await go.wait()
+            while time.monotonic() < stop_at:
+                response = await client.get(base + "/v1/limits", headers=auth(key))
+                if response.status_code == 200:
+                    admitted += 1
+                elif response.status_code == 429:
+                    refused += 1
+                else:
+                    other += 1
+
+        async def clock_window() -> float:
+            nonlocal stop_at
+            await go.wait()
+            started = _redis_now(clock)
+            stop_at = time.monotonic() + LOAD_SECONDS
+            await asyncio.gather(*workers)
+            return _redis_now(clock) - started
+
+        stop_at = time.monotonic() + 3600
+        workers = [asyncio.ensure_future(worker(i)) for i in range(CLIENTS)]
+        window = await clock_window()
+    return admitted, refused, other, window
+
+
+async def test_several_processes_admit_what_the_policy_allows_and_no_more(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    source = FileRegistrySource(
+        [MANIFESTS], platform_namespace="tenantry-system", keys_file=keys_file
+    )
+    key = source.reconcile().keys[TENANT].keys["main"].plaintext
+    env = {
+        "TENANTRY_REDIS_URL": redis_url,
+        "TENANTRY_DATABASE_URL": database_url,
+        "TENANTRY_REGISTRY__MANIFESTS": f'["{MANIFESTS}"]',
+        "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
+        "TENANTRY_API__ACCESS_LOG": "false",
+        "TENANTRY_LOG_LEVEL": "warning",
+    }
+    ports = [free_port() for _ in range(PROCESSES)]
+    with ExitStack() as stack:
+        processes = [
+            stack.enter_context(
+                tenantry_process(
+                    ["api", "--port", str(port)], env, tmp_path, tmp_path / f"api-{port}.log"
+                )
+            )
+            for port in ports
+        ]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url, process in zip(urls, processes, strict=True):
+            await asyncio.to_thread(wait_until_serving, url + "/livez", process)
+        client = redis.Redis.from_url(redis_url)
+        admitted, refused, other, window = await _hammer(urls, key, client)
+
+    params = gcra_params(1200, 300)
+    bound = params.max_admitted(int(window * 1_000_000))
+    print(f"admitted {admitted} refused {refused} over {window:.2f}s, bound {bound}")
+    assert other == 0
+    assert refused > admitted  # the clients really pushed past the limit
+    assert admitted <= bound, f"admitted {admitted} > bound {bound} over {window:.2f}s"
+    assert admitted >= 0.99 * bound, f"admitted {admitted} < 99% of {bound} over {window:.2f}s"
+
+    members: list[Any] = client.zrange(usage_index_key(TENANT), 0, -1)
+    minutes = [int(member) for member in members]
+    metered = sum(
+        int(client.hget(usage_bucket_key(TENANT, minute), TOTAL_ROUTE) or 0) for minute in minutes
+    )
+    assert metered == admitted
