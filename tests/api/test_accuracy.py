@@ -43,6 +43,7 @@ async def _hammer(urls: list[str], key: str, clock: redis.Redis) -> tuple[int, i
     admitted = refused = other = 0
     go = asyncio.Event()
     connected = 0
+    stop_at = time.monotonic() + 3600  # set when the window opens
     limits = httpx.Limits(max_connections=CLIENTS)
     async with httpx.AsyncClient(limits=limits, timeout=10) as client:
 
@@ -71,7 +72,6 @@ async def _hammer(urls: list[str], key: str, clock: redis.Redis) -> tuple[int, i
             await asyncio.gather(*workers)
             return _redis_now(clock) - started
 
-        stop_at = time.monotonic() + 3600
         workers = [asyncio.ensure_future(worker(i)) for i in range(CLIENTS)]
         window = await clock_window()
     return admitted, refused, other, window
