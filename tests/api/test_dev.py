@@ -1,0 +1,60 @@
+"""`tenantry dev` (what `make run` runs): a newcomer gets a URL, a working key, a curl line
+showing the rate-limit headers, and a 429 after the burst, with no servers at all."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.servers import tenantry_process, wait_until_serving
+from tests.harness.servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_text(log: Path, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text(errors="replace"))
+        if match:
+            return match
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.timeout(60)
+def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log = tmp_path / "dev.log"
+    args = ["dev", "--manifests", str(REPO / "examples"), "--port", str(port)]
+    with tenantry_process(args, {}, tmp_path, log) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(url + "/livez", process)
+        text = log.read_text()
+        assert f"the API on {url}" in text
+        key = _wait_for_text(log, r"Demo key of team-b/initech \(burst 10\):\n  (tnt_\w+)")[1]
+        assert f'curl -i -H "Authorization: Bearer {key}" {url}/v1/limits' in text
+        headers = {"Authorization": f"Bearer {key}"}
+        first = httpx.get(url + "/v1/limits", headers=headers)
+        assert first.status_code == 200
+        assert first.headers["ratelimit-policy"].startswith('"tenant";q=60;w=60')
+        assert first.headers["x-ratelimit-remaining"] == "10"
+        statuses = [httpx.get(url + "/v1/limits", headers=headers).status_code for _ in range(11)]
+        assert statuses == [200] * 10 + [429]
+        usage = httpx.get(url + "/v1/usage", headers=headers)
+        assert usage.status_code == 429  # the rate is spent; the quota counted 11 of 10000
+        assert (tmp_path / ".tenantry-dev" / "tenantry.db").exists()
+        assert (tmp_path / ".tenantry-dev" / "keys.json").exists()
+    # A restart keeps the key: the key Secret state lives in .tenantry-dev/keys.json.
+    port = free_port()
+    args[-1] = str(port)
+    with tenantry_process(args, {}, tmp_path, tmp_path / "dev-2.log") as process:
+        wait_until_serving(f"http://127.0.0.1:{port}/livez", process)
+        again = httpx.get(f"http://127.0.0.1:{port}/v1/limits", headers=headers)
+        assert again.status_code == 200
