@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 
 from tenantry import __version__
-from tenantry.api import probes, v1
+from tenantry.api import jobs, probes, v1
 from tenantry.api.limiter import merge_local_usage
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.problems import install_problem_handlers
@@ -117,6 +117,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(probes.router)
     app.include_router(v1.router)
+    app.include_router(jobs.router)
     app.add_middleware(ApiMiddleware, runtime=runtime)
     return app
 
