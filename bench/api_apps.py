@@ -1,0 +1,100 @@
+"""The four servers `bench.api` compares, each the same trivial authenticated route.
+
+Each is imported by its own uvicorn process (`uvicorn bench.api_apps:<name> --factory`);
+configuration comes from the environment `bench.api` sets (`BENCH_REDIS_URL`, `TENANTRY_*`).
+The peers key their limit on the presented `X-API-Key`, as an API would; their limits are
+set high enough that every request is admitted, so the admitted path is what is measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+
+from tenantry.api.app import app_from_environment
+from tenantry.api.auth import Caller, authenticated
+
+PING_PATH = "/v1/ping"
+
+
+def bare() -> FastAPI:
+    """Bare FastAPI: no authentication, no limiter."""
+    app = FastAPI()
+
+    @app.get(PING_PATH)
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def _api_key(request: Request) -> str:
+    return request.headers.get("x-api-key", "anonymous")
+
+
+def slowapi_app() -> FastAPI:
+    """slowapi (the `limits` library) with its Redis storage, fixed window per key."""
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+
+    limiter = Limiter(key_func=_api_key, storage_uri=os.environ["BENCH_REDIS_URL"])
+    app = FastAPI()
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+
+    @app.get(PING_PATH)
+    @limiter.limit("100000000/minute")
+    async def ping(request: Request) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def fastapi_limiter_app() -> FastAPI:
+    """fastapi-limiter (pyrate-limiter's RedisBucket on redis-py's asyncio client)."""
+    from fastapi_limiter.depends import RateLimiter
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+    from redis.asyncio import Redis
+
+    state: dict[str, Any] = {}
+
+    async def identifier(request: Request) -> str:
+        return _api_key(request)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(os.environ["BENCH_REDIS_URL"])
+        rates = [Rate(100_000_000, Duration.MINUTE)]
+        bucket = await RedisBucket.init(rates, redis, "bench-fastapi-limiter")
+        state["limiter"] = RateLimiter(Limiter(bucket), identifier=identifier)
+        yield
+        await redis.aclose()
+
+    async def limited(request: Request, response: Any = None) -> None:
+        from starlette.responses import Response
+
+        await state["limiter"](request, response or Response())
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get(PING_PATH, dependencies=[Depends(limited)])
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def tenantry_app() -> FastAPI:
+    """Tenantry's full path: key auth, GCRA, quota and usage metering in one Redis call,
+    the middleware (request id, security headers, metrics, access log)."""
+    app = app_from_environment()
+
+    @app.get(PING_PATH)
+    async def ping(caller: Annotated[Caller, Depends(authenticated)]) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
