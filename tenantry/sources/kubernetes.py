@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,6 @@ import aiohttp
 import structlog
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 from prometheus_client import Counter
@@ -140,19 +140,25 @@ class KubernetesRegistrySource:
     async def _watch(
         self, core: k8s.CoreV1Api, holder: RegistryHolder, version: str | None
     ) -> None:
-        watcher = k8s_watch.Watch()
+        # The watch is read as raw JSON lines: `watch=true` spelled as the API documents it
+        # (the client's own helper sends `True`, which not every server or emulator parses).
         options: dict[str, Any] = {
             "label_selector": REGISTRY_LABEL,
             "timeout_seconds": int(self.resync_seconds),
-            "allow_watch_bookmarks": True,
+            "allow_watch_bookmarks": "true",
+            "watch": "true",
         }
         if version:
             options["resource_version"] = version
         async with asyncio.timeout(self.resync_seconds + 5):
-            async for event in watcher.stream(
-                core.list_namespaced_secret, self.namespace, **options
-            ):
-                secret = event.get("raw_object") or {}
+            response: Any = await core.list_namespaced_secret(
+                self.namespace, _preload_content=False, **options
+            )
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                secret = event.get("object") or {}
                 kind = event.get("type")
                 if kind == "BOOKMARK":
                     holder.publish(holder.registry)  # the server confirms we are current

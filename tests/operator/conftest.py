@@ -34,7 +34,7 @@ CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0, what: str = "condition"
 ) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + within
@@ -151,6 +151,25 @@ class Cluster:
     def request_mark(self) -> int:
         assert self.emulator is not None, "request history exists only on the emulator"
         return len(list(self.emulator))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "emulator_only: needs the emulator's request log or control over its server; on a "
+        "real cluster deselect with -m 'not emulator_only'",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _emulator_only(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("emulator_only") and request.config.getoption(
+        "--kubeconfig"
+    ):
+        pytest.fail(
+            "this scenario needs the emulator; on a real cluster run with -m 'not emulator_only'",
+            pytrace=False,
+        )
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:

@@ -338,6 +338,7 @@ async def test_deleted_tenant_leaves_the_registry_and_its_secret_goes(
 # --- quiet, invalid, restart ---------------------------------------------------------------
 
 
+@pytest.mark.emulator_only
 async def test_steady_state_makes_no_write_calls(
     cluster: Cluster, standard: None, operator: RunningOperator
 ) -> None:
@@ -367,6 +368,7 @@ async def settle(cluster: Cluster) -> None:
     await eventually(quiet, within=10, what="a quiet half second")
 
 
+@pytest.mark.emulator_only
 async def test_invalid_spec_is_reported_once_and_not_retried(
     cluster: Cluster, operator: RunningOperator
 ) -> None:
