@@ -10,6 +10,7 @@ import typer
 from tenantry.api.cli import api_command, dev_command
 from tenantry.contract.crds import render_crds
 from tenantry.contract.manifests import ManifestError, load_manifests
+from tenantry.operator.cli import operator_command
 from tenantry.settings import get_settings
 from tenantry.worker.commands import audit_app, beat, worker_app
 
@@ -84,6 +85,7 @@ app.command("dev")(dev_command)
 app.add_typer(worker_app, name="worker")
 app.add_typer(audit_app, name="audit")
 app.command("beat")(beat)
+app.command("operator")(operator_command)
 
 
 def main() -> None:
