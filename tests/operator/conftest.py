@@ -161,6 +161,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The RBAC check runs last, so it sees the calls of every scenario of the session."""
+    items.sort(key=lambda item: "test_rbac" in item.nodeid)
+
+
 @pytest.fixture(autouse=True)
 def _emulator_only(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("emulator_only") and request.config.getoption(
@@ -197,14 +202,15 @@ RECORDED_CALLS: list[tuple[str, str, str, str]] = []
 def _record(emulator: kmock.KubernetesEmulator) -> None:
     for request in list(emulator):
         agent = request.headers.get("User-Agent", "")
-        if request.resource is None or agent.startswith(TEST_AGENT) or not request.action:
+        if agent.startswith(TEST_AGENT) or request.resource is None or not request.action:
             continue
-        resource = request.resource.plural or ""
+        if not request.resource.plural:
+            continue  # API discovery, open to every authenticated client
+        resource = request.resource.plural
         if request.subresource:
             resource = f"{resource}/{request.subresource}"
-        verb = {"fetch": "get", "update": "patch"}.get(
-            str(request.action.value), str(request.action.value)
-        )
+        action = str(request.action.value).lower()
+        verb = {"fetch": "get", "update": "patch"}.get(action, action)
         RECORDED_CALLS.append((agent, verb, request.resource.group or "", resource))
 
 
