@@ -11,18 +11,24 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from tenantry import __version__
 from tenantry.api import jobs, probes, v1
+from tenantry.api.auth import SECURITY_SCHEMES
 from tenantry.api.limiter import merge_local_usage
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
+from tenantry.contract.resources import Scope
 from tenantry.db.engine import create_engine
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
@@ -119,7 +125,43 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(jobs.router)
     app.add_middleware(ApiMiddleware, runtime=runtime)
+    app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the key schemes on every route that requires a key (and
+    the scopes it needs), found from the routes' dependencies once, when first asked."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        scopes = _required_scopes(route.dependant)
+        if scopes is None:
+            continue
+        for method in route.methods or ():
+            operation = document["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["x-required-scopes"] = sorted(scope.value for scope in scopes)
+    app.openapi_schema = document
+    return document
+
+
+def _required_scopes(dependant: Dependant) -> frozenset[Scope] | None:
+    for dependency in dependant.dependencies:
+        scopes = getattr(dependency.call, "__tenantry_scopes__", None)
+        if scopes is not None:
+            return frozenset(scopes)
+        nested = _required_scopes(dependency)
+        if nested is not None:
+            return nested
+    return None
 
 
 def app_from_environment() -> FastAPI:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Container, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
 
 from tenantry.api.problems import (
     EXPIRED_API_KEY,
@@ -40,7 +39,14 @@ from tenantry.api.problems import (
     UNKNOWN_API_KEY,
     ProblemError,
 )
-from tenantry.contract.keys import MalformedApiKeyError, parse_key, verify_key
+from tenantry.contract.keys import (
+    KEY_LENGTH,
+    PREFIX,
+    MalformedApiKeyError,
+    hash_key,
+    parse_key,
+    verify_key,
+)
 from tenantry.contract.policy import gcra_params
 from tenantry.contract.registry import KeyRecord, Registry, RegistryKey, TenantEntry
 from tenantry.contract.resources import EffectiveLimits, Scope
@@ -50,12 +56,15 @@ if TYPE_CHECKING:
 
 TrustedNetwork = IPv4Network | IPv6Network
 
-bearer_scheme = HTTPBearer(
-    auto_error=False, scheme_name="bearer", description="`Authorization: Bearer tnt_…`"
-)
-api_key_scheme = APIKeyHeader(
-    name="X-API-Key", auto_error=False, scheme_name="apiKey", description="`X-API-Key: tnt_…`"
-)
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer tnt_…`"},
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "`X-API-Key: tnt_…`",
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +76,62 @@ class Caller:
     limits: EffectiveLimits
 
 
+def keys_by_hash(registry: Registry) -> dict[str, KeyRecord]:
+    """Every key of a registry by its stored hash, for the fast path of `authenticate`."""
+    return {record.key.key_hash: record for record in registry.by_key_id.values()}
+
+
 def authenticate(
-    registry: Registry, presented: str | None, now: datetime, revoked: Container[str]
+    registry: Registry,
+    presented: str | None,
+    now: datetime,
+    revoked: Container[str],
+    by_hash: Mapping[str, KeyRecord] | None = None,
 ) -> KeyRecord:
     """The registry record of a presented key, or a `ProblemError` saying what is wrong.
 
-    `revoked` holds ids of keys removed from the registry while this process ran, so a
-    revoked key is told apart from one that never existed.
+    A key whose SHA-256 is in `by_hash` is known and intact (the secret carries 256 bits), so
+    the common case costs one hash and one dict lookup; anything else takes the full path that
+    says precisely what is wrong. `revoked` holds ids of keys removed from the registry while
+    this process ran, so a revoked key is told apart from one that never existed.
     """
     if not presented:
         raise ProblemError(
             MISSING_API_KEY, "send the key as `Authorization: Bearer <key>` or `X-API-Key`"
         )
+    record = None
+    if by_hash is not None and len(presented) == KEY_LENGTH and presented.isascii():
+        record = by_hash.get(hash_key(presented))
+    if record is None:
+        record = _identify(registry, presented, revoked)
+    stored = record.key
+    if stored.valid_until is not None and now >= stored.valid_until:
+        raise ProblemError(
+            REVOKED_API_KEY,
+            f"key {_public(stored.key_id)} was rotated; its grace period ended at "
+            f"{stored.valid_until.isoformat()}",
+        )
+    if stored.expires_at is not None and now >= stored.expires_at:
+        raise ProblemError(
+            EXPIRED_API_KEY,
+            f"key {_public(stored.key_id)} expired at {stored.expires_at.isoformat()}",
+        )
+    tenant = record.tenant
+    if tenant.suspended:
+        raise ProblemError(TENANT_SUSPENDED, f"tenant {tenant.tenant_id} is suspended")
+    if tenant.limits is None:
+        raise ProblemError(
+            POLICY_UNRESOLVED,
+            f"tenant {tenant.tenant_id} refers to tier {tenant.tier!r}, which cannot be resolved",
+        )
+    return record
+
+
+def _public(key_id: str) -> str:
+    return f"{PREFIX}{key_id}_…"
+
+
+def _identify(registry: Registry, presented: str, revoked: Container[str]) -> KeyRecord:
     try:
         key = parse_key(presented)
     except MalformedApiKeyError as error:
@@ -90,22 +143,6 @@ def authenticate(
         raise ProblemError(UNKNOWN_API_KEY, f"no key {key} is known")
     if not verify_key(key, record.key.key_hash):
         raise ProblemError(UNKNOWN_API_KEY, f"no key {key} is known")
-    stored = record.key
-    if stored.valid_until is not None and now >= stored.valid_until:
-        raise ProblemError(
-            REVOKED_API_KEY,
-            f"key {key} was rotated; its grace period ended at {stored.valid_until.isoformat()}",
-        )
-    if stored.expires_at is not None and now >= stored.expires_at:
-        raise ProblemError(EXPIRED_API_KEY, f"key {key} expired at {stored.expires_at.isoformat()}")
-    tenant = record.tenant
-    if tenant.suspended:
-        raise ProblemError(TENANT_SUSPENDED, f"tenant {tenant.tenant_id} is suspended")
-    if tenant.limits is None:
-        raise ProblemError(
-            POLICY_UNRESOLVED,
-            f"tenant {tenant.tenant_id} refers to tier {tenant.tier!r}, which cannot be resolved",
-        )
     return record
 
 
@@ -182,19 +219,34 @@ class AuthFailureLimiter:
             self._tats.popitem(last=False)
 
 
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key from `Authorization: Bearer …` or `X-API-Key`, read straight from the ASGI
+    headers (one pass, no header object built)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return credentials.strip()
+        elif name == b"x-api-key":
+            return value.decode("latin-1").strip()
+    return None
+
+
 def require_scope(*needed: Scope) -> Callable[..., Awaitable[Caller]]:
-    """A dependency admitting a caller whose key holds every scope in `needed`."""
+    """A dependency admitting a caller whose key holds every scope in `needed`.
+
+    The OpenAPI document declares the `bearer` and `apiKey` schemes for the routes using it
+    (see `tenantry.api.app`); the dependency itself takes only the request, which keeps
+    FastAPI's per-request dependency work to a minimum.
+    """
     scopes = frozenset(needed)
 
-    async def authenticated_caller(
-        request: Request,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-        header_key: Annotated[str | None, Security(api_key_scheme)],
-    ) -> Caller:
+    async def authenticated_caller(request: Request) -> Caller:
         runtime: ApiRuntime = request.app.state.runtime
-        presented = bearer.credentials if bearer is not None else header_key
-        return await runtime.admit(request.scope, presented, scopes)
+        scope = request.scope
+        return await runtime.admit(scope, presented_key(scope["headers"]), scopes)
 
+    authenticated_caller.__tenantry_scopes__ = scopes  # type: ignore[attr-defined]
     return authenticated_caller
 
 

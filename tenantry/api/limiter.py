@@ -347,6 +347,7 @@ class RequestLimiter:
         self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
         self._redis_down_until = 0.0
         self._month = _Month()
+        self._decision_series: dict[tuple[str, bool], Any] = {}
         self.redis_healthy = redis is not None
 
     def forget(self) -> None:
@@ -385,9 +386,13 @@ class RequestLimiter:
             )
         if not decision.allowed and not decision.unavailable:
             self._remember_refusal(spec, decision, wall)
-        self._metrics.limiter_decisions.labels(
-            decision.source, "allowed" if decision.allowed else "refused"
-        ).inc()
+        series = (decision.source, decision.allowed)
+        counter = self._decision_series.get(series)
+        if counter is None:
+            counter = self._decision_series[series] = self._metrics.limiter_decisions.labels(
+                decision.source, "allowed" if decision.allowed else "refused"
+            )
+        counter.inc()
         return decision
 
     # --- Redis -------------------------------------------------------------------------

@@ -15,9 +15,10 @@ Work that can be done once (header tuples, compiled patterns, metric children) i
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -33,7 +34,24 @@ from tenantry.api.problems import (
 )
 from tenantry.api.runtime import ApiRuntime, RequestContext
 
-access_log = structlog.get_logger("tenantry.api.access")
+
+def access_logger() -> Any:
+    """The access log: one JSON line per request on stdout, in the shape of every other log
+    line (`event`, `level`, `logger`, `timestamp`). It skips the standard library's logging
+    machinery, which costs more than the rest of a request, and it needs no key redaction:
+    its fields are ids, names and numbers, never a presented header value (a request id is
+    only kept when it matches a strict pattern)."""
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stdout),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.JSONRenderer(),
+        ],
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    ).bind(logger="tenantry.api.access")
+
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -65,6 +83,7 @@ class ApiMiddleware:
         self.runtime = runtime
         self.max_body = runtime.settings.api.max_body_bytes
         self.log_requests = runtime.settings.api.access_log
+        self.access_log = access_logger()
         self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,7 +112,7 @@ class ApiMiddleware:
             elif name == b"access-control-request-method":
                 preflight = True
         if request_id is None:
-            request_id = trace_id or uuid.uuid4().hex
+            request_id = trace_id or os.urandom(16).hex()
         context = RequestContext(request_id, trace_id)
         scope["tenantry"] = context
         status = 500
@@ -208,7 +227,7 @@ class ApiMiddleware:
         series[1].observe(elapsed)
         if self.log_requests:
             caller = context.caller
-            access_log.info(
+            self.access_log.info(
                 "request",
                 request_id=context.request_id,
                 trace_id=context.trace_id,

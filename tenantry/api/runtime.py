@@ -25,6 +25,7 @@ from tenantry.api.auth import (
     authenticate,
     check_scopes,
     client_address,
+    keys_by_hash,
 )
 from tenantry.api.limiter import Decision, LimitSpec, LocalUsage, RequestLimiter, compile_spec
 from tenantry.api.metrics import ApiMetrics
@@ -35,7 +36,7 @@ from tenantry.api.problems import (
     ProblemError,
 )
 from tenantry.api.redis_pipeline import PipelinedRedis
-from tenantry.contract.registry import Registry
+from tenantry.contract.registry import KeyRecord, Registry
 from tenantry.contract.resources import Scope
 from tenantry.db.migrate import is_at_head
 from tenantry.settings import Settings
@@ -87,6 +88,7 @@ class ApiRuntime:
         self.migrations_at_head = False
         self._revoked: set[str] = set()
         self._key_ids: set[str] = set()
+        self._by_hash: dict[str, KeyRecord] = {}
         self._revoked_order: deque[str] = deque()
         self._specs: dict[tuple[str, str, str], LimitSpec] = {}
 
@@ -104,6 +106,7 @@ class ApiRuntime:
         while len(self._revoked_order) > REVOKED_IDS_KEPT:
             self._revoked.discard(self._revoked_order.popleft())
         self._specs = {}
+        self._by_hash = keys_by_hash(registry)
         self.limiter.forget()
         self.all_origins = frozenset(
             origin for entry in registry.tenants.values() for origin in entry.allowed_origins
@@ -130,7 +133,9 @@ class ApiRuntime:
                 headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
         try:
-            record = authenticate(self.holder.registry, presented, datetime.now(UTC), self._revoked)
+            record = authenticate(
+                self.holder.registry, presented, datetime.now(UTC), self._revoked, self._by_hash
+            )
         except ProblemError as error:
             if error.status_code == 401:
                 self.auth_failures.record_failure(address)
