@@ -101,6 +101,7 @@ def create_app(
             yield
         finally:
             runtime.draining = True
+            gc.unfreeze()
             for task in tasks:
                 task.cancel()
             for task in tasks:
