@@ -156,6 +156,9 @@ class OperatorSettings(BaseModel):
     idle_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long an idle per-object worker lingers."
     )
+    consistency_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait for the echo of Kopf's own patch."
+    )
 
 
 class Settings(BaseSettings):

@@ -31,6 +31,8 @@ PLATFORMS = (GROUP, VERSION, "apiplatforms")
 SECRETS = ("v1", "secrets")
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
 
+FINALIZER = "tenantry.io/finalizer"
+
 Index = Mapping[Any, Iterable[Any]]
 
 
@@ -191,14 +193,7 @@ async def policy_changed(
     if previous is None and type != "DELETED":
         # First sight (startup or creation): only tenants waiting for this policy need a pass;
         # the others are resumed by their own handlers.
-        tenant_ids = [
-            tenant_id
-            for tenant_id in tenant_ids
-            if desired.ready_reason(
-                ((_one(tenants, tenant_id) or {}).get("status") or {}).get("conditions") or []
-            )
-            in {None, "PolicyNotFound"}
-        ]
+        tenant_ids = [t for t in tenant_ids if _waits_for_policy(_one(tenants, t) or {})]
     elif previous == fingerprint and type != "DELETED":
         tenant_ids = []  # an echo of our own status write, or the watch replaying the list
     log.info(
@@ -215,6 +210,17 @@ async def policy_changed(
             await memo.reconciler.reconcile_policy(body, count)
         except KubeError as error:
             log.warning("policy_status_failed", policy=f"{namespace}/{name}", error=str(error))
+
+
+def _waits_for_policy(tenant: Mapping[str, Any]) -> bool:
+    """Reported PolicyNotFound, or being handled right now (Kopf's finalizer is on, no status
+    yet) and so perhaps judged before the policy was listed. A brand-new tenant without the
+    finalizer is left to its own create handler."""
+    reason = desired.ready_reason(((tenant.get("status") or {}).get("conditions")) or [])
+    if reason == "PolicyNotFound":
+        return True
+    finalizers = (tenant.get("metadata") or {}).get("finalizers") or []
+    return reason is None and FINALIZER in finalizers
 
 
 async def _for_each(
@@ -345,7 +351,7 @@ class DigestDiffBase(kopf.AnnotationsDiffBaseStorage):
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     operator = settings.operator
     config = kopf.OperatorSettings()
-    config.persistence.finalizer = "tenantry.io/finalizer"
+    config.persistence.finalizer = FINALIZER
     config.persistence.diffbase_storage = DigestDiffBase(
         prefix="operator.tenantry.io", key="last-handled-digest"
     )
@@ -362,6 +368,7 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     config.queueing.idle_timeout = operator.idle_timeout_seconds
     config.queueing.exit_timeout = operator.idle_timeout_seconds
     config.scanning.disabled = True
+    config.persistence.consistency_timeout = operator.consistency_timeout_seconds
     return config
 
 

@@ -207,6 +207,12 @@ class Reconciler:
             written
         )
         changes = _key_changes(existing, state)
+        # The condition keeps saying the keys were re-issued until the keys change again.
+        said_reissued = any(
+            item.get("type") == desired.KEYS_ISSUED and item.get("reason") == "KeysReissued"
+            for item in status.get("conditions") or []
+        )
+        shown_reissued = reissued or (said_reissued and not changes)
 
         entry = tenant_entry(tenant, policy, registry_keys(tenant, state), state.signing_secret)
         if limits is None:
@@ -220,7 +226,7 @@ class Reconciler:
             policy_found=policy is not None,
             policy_message=policy_message,
             keys=state,
-            keys_reissued=reissued,
+            keys_reissued=shown_reissued,
             limits=limits,
             now=now,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import kopf
 
@@ -14,8 +15,8 @@ async def run_operator(
     settings: Settings,
     *,
     liveness_endpoint: str | None = None,
-    stop_flag: asyncio.Future[None] | asyncio.Event | None = None,
-    ready_flag: asyncio.Future[None] | asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
     """Run until `stop_flag` is set (or forever), watching the configured namespaces.
 

@@ -3,13 +3,15 @@ kmock's Kubernetes API emulator, or against a real cluster with `pytest --kubeco
 
 The scenarios talk to the API only through HTTP, so they read the same on both. Where the
 emulator differs from a real API server the `Cluster` helper supplies what a server would:
-`uid`, `resourceVersion`, `generation` (bumped on each spec change) and `creationTimestamp`.
+`uid`, `generation` (bumped on each spec change) and `creationTimestamp`; `Emulator` adds
+the `resourceVersion` and `generateName` handling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,10 +24,10 @@ import kmock
 import pytest
 import yaml
 
-from tenantry.contract.resources import RESOURCE_KINDS
 from tenantry.operator.kube import KubeClient, core_path, custom_path
 from tenantry.operator.run import run_operator
 from tenantry.settings import OperatorSettings, RegistrySettings, Settings
+from tests.operator.emulator import Emulator, declare_resources
 
 T = TypeVar("T")
 TEST_AGENT = "tenantry-tests"
@@ -52,31 +54,6 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
-class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator, naming objects created with `generateName` as a server would (Kopf
-    posts its Events so); without it every Event after a namespace's first is refused."""
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        metadata = request.data.get("metadata") if isinstance(request.data, dict) else None
-        if request.method == "POST" and metadata and metadata.get("generateName"):
-            metadata.setdefault("name", metadata["generateName"] + uuid.uuid4().hex[:5])
-        return await super()._handle(request)
-
-
-def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """What the API server would discover: the built-in kinds and our three CRDs."""
-    emulator.resources.load_bundled()
-    for kind in RESOURCE_KINDS:
-        emulator.resources[f"tenantry.io/v1alpha1/{kind.plural}"] = kmock.ResourceInfo(
-            kind=kind.kind_name,
-            singular=kind.kind_name.lower(),
-            namespaced=True,
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-            shortnames=set(kind.short_names),
-            subresources={"status"},
-        )
-
-
 @dataclass
 class Cluster:
     """The API as a user or a test sees it: create, edit and delete objects over HTTP."""
@@ -94,7 +71,6 @@ class Cluster:
         if self.emulated:
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault("generation", 1)
-            metadata.setdefault("resourceVersion", "1")
             metadata.setdefault("creationTimestamp", datetime.now(UTC).isoformat()[:19] + "Z")
             self._generations[f"{plural}/{namespace}/{metadata['name']}"] = 1
         await self.client.create(self._collection(plural, namespace), manifest)
@@ -265,6 +241,7 @@ def operator_settings(cluster: Cluster, **overrides: Any) -> Settings:
             platform_debounce_seconds=0.05,
             watch_reconnect_seconds=0.1,
             idle_timeout_seconds=1.0,
+            consistency_timeout_seconds=0.5,
             **overrides,
         ),
     )
@@ -272,28 +249,42 @@ def operator_settings(cluster: Cluster, **overrides: Any) -> Settings:
 
 @dataclass
 class RunningOperator:
-    task: asyncio.Task[None]
-    stop: asyncio.Event
+    """The operator on a thread and event loop of its own, as in its own process: Kopf
+    treats every task started in its loop after it as its own and cancels it at exit."""
+
+    thread: threading.Thread
+    stop: threading.Event
+    errors: list[BaseException]
 
     async def stop_now(self) -> None:
         self.stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, timeout=15)
+        await asyncio.to_thread(self.thread.join, 15)
+        if self.thread.is_alive():
+            pytest.fail("the operator did not stop within 15 s")
 
 
 @contextlib.asynccontextmanager
 async def running_operator(settings: Settings) -> AsyncIterator[RunningOperator]:
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(run_operator(settings, stop_flag=stop, ready_flag=ready))
-    running = RunningOperator(task, stop)
+    stop, ready = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready))
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=serve, name="operator", daemon=True)
+    running = RunningOperator(thread, stop, errors)
+    thread.start()
     try:
-        await asyncio.wait_for(ready.wait(), timeout=15)
+        if not await asyncio.to_thread(ready.wait, 15):
+            pytest.fail(f"the operator did not start within 15 s: {errors}")
         yield running
     finally:
-        if not task.done():
-            await running.stop_now()
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise AssertionError("the operator crashed") from task.exception()
+        await running.stop_now()
+        if errors:
+            raise AssertionError("the operator crashed") from errors[0]
 
 
 @pytest.fixture
