@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_serializer
 
 from tenantry.contract.policy import effective_limits
 from tenantry.contract.resources import (
@@ -47,6 +47,11 @@ class RegistryKey(ContractModel):
     expires_at: datetime | None = None
     # A rotated key's previous secret stays valid until then (a separate entry, same name).
     valid_until: datetime | None = None
+
+    @field_serializer("scopes")
+    def _scopes_in_order(self, scopes: frozenset[Scope]) -> list[str]:
+        """A set has no order; the encoded entry must, or equal registries hash apart."""
+        return sorted(scope.value for scope in scopes)
 
     def usable_at(self, now: datetime) -> bool:
         ends = [t for t in (self.expires_at, self.valid_until) if t is not None]

@@ -14,10 +14,11 @@ from tenantry.contract.registry import (
     RegistryError,
     RegistryKey,
     TenantEntry,
+    encode_entry,
     encode_shards,
     tenant_entry,
 )
-from tenantry.contract.resources import ApiTenant, RateLimitPolicy
+from tenantry.contract.resources import ApiTenant, RateLimitPolicy, Scope
 
 
 def _entry(tenant_id: str, key_count: int = 1) -> tuple[TenantEntry, list[str]]:
@@ -118,3 +119,15 @@ def test_tenant_entry_applies_overrides_and_has_no_limits_without_a_policy() -> 
     assert entry.allowed_origins == ("https://app.acme.example",)
     assert entry.generation == 3
     assert tenant_entry(tenant, None, [], "whsec").limits is None
+
+
+def test_equal_registries_have_equal_versions_whatever_the_order_of_scopes() -> None:
+    scopes = list(Scope)
+    first = RegistryKey(key_id="a" * 12, key_hash="sha256:x", name="k", scopes=frozenset(scopes))
+    second = first.model_copy(update={"scopes": frozenset(reversed(scopes))})
+    entry = TenantEntry(tenant_id="t/a", display_name="a", tier="s", keys=(first,))
+    assert (
+        Registry.build([entry]).version
+        == Registry.build([entry.model_copy(update={"keys": (second,)})]).version
+    )
+    assert encode_entry(entry).count('"scopes":["jobs:read","jobs:write","usage:read"]') == 1
