@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,8 +33,7 @@ from tenantry.db.engine import create_engine
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings, get_settings
-from tenantry.sources import RegistrySource
-from tenantry.sources.files import FileRegistrySource
+from tenantry.sources import RegistrySource, registry_source
 
 log = structlog.get_logger("tenantry.api")
 
@@ -48,21 +46,6 @@ and `X-RateLimit-Limit/Remaining/Reset`; a refused request gets 429 with `Retry-
 `quota-exceeded` problem naming the `violated-policies`. Errors are
 `application/problem+json` (RFC 9457) and carry the request id.
 """
-
-
-def registry_source(settings: Settings) -> RegistrySource:
-    """The configured source. The Kubernetes one is imported only when chosen, so the file
-    source (and `tenantry dev`) never load the Kubernetes client."""
-    if settings.registry.source == "kubernetes":
-        module = importlib.import_module("tenantry.sources.kubernetes")
-        source: RegistrySource = module.source_from_settings(settings)
-        return source
-    return FileRegistrySource(
-        settings.registry.manifests,
-        platform_namespace=settings.platform_namespace,
-        keys_file=settings.registry.keys_file,
-        poll_interval_seconds=settings.registry.poll_interval_seconds,
-    )
 
 
 def create_app(

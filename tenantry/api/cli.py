@@ -58,7 +58,7 @@ def dev_command(
     from tenantry.contract.registry import RegistryError
     from tenantry.db.migrate import upgrade
     from tenantry.logs import configure_logging
-    from tenantry.sources.files import FileRegistrySource
+    from tenantry.sources.files import source_from_settings
 
     settings = get_settings()
     if manifests:
@@ -70,12 +70,7 @@ def dev_command(
             update={"api": settings.api.model_copy(update={"port": port})}
         )
     configure_logging(settings.log_level, settings.log_format)
-    source = FileRegistrySource(
-        settings.registry.manifests,
-        platform_namespace=settings.platform_namespace,
-        keys_file=settings.registry.keys_file,
-        poll_interval_seconds=settings.registry.poll_interval_seconds,
-    )
+    source = source_from_settings(settings)
     try:
         reconciled = source.reconcile()
     except (ManifestError, RegistryError) as error:

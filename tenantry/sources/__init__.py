@@ -8,11 +8,15 @@ one, never a mix) and keeps the last good one when a source offers a bad one.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tenantry.contract.registry import EMPTY_REGISTRY, Registry
+
+if TYPE_CHECKING:
+    from tenantry.settings import Settings
 
 
 class RegistrySource(Protocol):
@@ -60,3 +64,14 @@ class RegistryHolder:
     def age_seconds(self) -> float:
         """Seconds since the source last confirmed the snapshot is current."""
         return time.monotonic() - self._confirmed_at
+
+
+def registry_source(settings: Settings) -> RegistrySource:
+    """The source `settings.registry.source` names. Each is imported only when chosen, so a
+    process using the file source never loads the Kubernetes client."""
+    if settings.registry.source == "kubernetes":
+        module = importlib.import_module("tenantry.sources.kubernetes")
+    else:
+        module = importlib.import_module("tenantry.sources.files")
+    source: RegistrySource = module.source_from_settings(settings)
+    return source

@@ -38,6 +38,7 @@ from tenantry.contract.registry import (
     tenant_entry,
     tenant_id_of,
 )
+from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
 
 log = structlog.get_logger("tenantry.sources.files")
@@ -152,6 +153,15 @@ class FileRegistrySource:
 
     def _fingerprint(self) -> tuple[Any, ...]:
         return tuple(_stat(path) for path in _files(self.paths))
+
+
+def source_from_settings(settings: Settings) -> FileRegistrySource:
+    return FileRegistrySource(
+        settings.registry.manifests,
+        platform_namespace=settings.platform_namespace,
+        keys_file=settings.registry.keys_file,
+        poll_interval_seconds=settings.registry.poll_interval_seconds,
+    )
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:

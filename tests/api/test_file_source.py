@@ -10,7 +10,8 @@ import pytest
 
 from tenantry.contract.keys import parse_key, verify_key
 from tenantry.contract.registry import RegistryError
-from tenantry.sources import RegistryHolder
+from tenantry.settings import Settings
+from tenantry.sources import RegistryHolder, registry_source
 from tenantry.sources.files import FileRegistrySource
 from tests.api.conftest import MANIFESTS
 
@@ -92,3 +93,17 @@ async def test_the_source_publishes_a_changed_manifest_without_a_restart(tmp_pat
     finally:
         task.cancel()
     assert not holder.registry.tenants["team-t/frozen"].suspended
+
+
+@pytest.mark.parametrize(
+    ("source", "class_name"),
+    [("file", "FileRegistrySource"), ("kubernetes", "KubernetesRegistrySource")],
+)
+def test_the_configured_source_is_the_one_served(
+    tmp_path: Path, source: str, class_name: str
+) -> None:
+    settings = Settings(
+        registry={"source": source, "manifests": [MANIFESTS], "keys_file": tmp_path / "k.json"}
+    )
+    chosen = registry_source(settings)
+    assert type(chosen).__name__ == class_name
