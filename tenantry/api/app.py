@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import fastapi.routing
 import structlog
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
 from tenantry import __version__
@@ -127,19 +127,29 @@ def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        scopes = _required_scopes(route.dependant)
+    for path, methods, dependant in _api_routes(app):
+        scopes = _required_scopes(dependant)
         if scopes is None:
             continue
-        for method in route.methods or ():
-            operation = document["paths"].get(route.path_format, {}).get(method.lower())
+        for method in methods:
+            operation = document["paths"].get(path, {}).get(method.lower())
             if operation is not None:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
                 operation["x-required-scopes"] = sorted(scope.value for scope in scopes)
     app.openapi_schema = document
     return document
+
+
+def _api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
+    """Every API route with its full path, including those of included routers (which
+    newer FastAPI versions keep behind route contexts rather than copying them)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    routes: Iterable[Any] = contexts(app.routes) if contexts is not None else app.routes
+    for route in routes:
+        dependant = getattr(route, "dependant", None)
+        path = getattr(route, "path_format", None)
+        if isinstance(dependant, Dependant) and isinstance(path, str):
+            yield path, set(getattr(route, "methods", None) or ()), dependant
 
 
 def _required_scopes(dependant: Dependant) -> frozenset[Scope] | None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from fastapi import Request
+from fastapi import Depends, Request
 
+from tenantry.api.auth import authenticated
+from tenantry.api.problems import ALL_KINDS
+from tenantry.api.versioning import deprecation
 from tests.api.conftest import Api, ServeApi, auth
 
 pytestmark = pytest.mark.integration
@@ -175,3 +180,61 @@ async def test_the_access_log_has_one_line_per_request_and_no_key_material(
     everything = json.dumps(lines)
     assert key not in everything
     assert key[16:] not in everything  # not even the secret part
+
+
+async def test_a_deprecated_route_announces_its_sunset(api: Api) -> None:
+    since = datetime(2026, 12, 1, tzinfo=UTC)
+    sunset = datetime(2027, 6, 1, tzinfo=UTC)
+
+    async def old_limits() -> dict[str, bool]:
+        return {"ok": True}
+
+    api.app.add_api_route(
+        "/v1/old-limits",
+        old_limits,
+        deprecated=True,
+        dependencies=[
+            Depends(deprecation(since=since, sunset=sunset, successor="/v1/limits")),
+            Depends(authenticated),
+        ],
+    )
+    response = await api.client.get("/v1/old-limits", headers=auth(api.key("open")))
+    assert response.status_code == 200
+    assert response.headers["deprecation"] == f"@{int(since.timestamp())}"
+    assert response.headers["sunset"] == "Tue, 01 Jun 2027 00:00:00 GMT"
+    assert response.headers["link"] == '</v1/limits>; rel="successor-version"'
+    refused = await api.client.get("/v1/old-limits")
+    assert refused.status_code == 401
+    assert "sunset" in refused.headers
+
+
+def test_a_sunset_before_the_deprecation_is_refused() -> None:
+    with pytest.raises(ValueError, match="sunset"):
+        deprecation(since=datetime(2027, 1, 1, tzinfo=UTC), sunset=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+async def test_the_openapi_document_declares_schemes_scopes_headers_and_problems(
+    api: Api,
+) -> None:
+    document = (await api.client.get("/openapi.json")).json()
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    usage = document["paths"]["/v1/usage"]["get"]
+    assert usage["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert usage["x-required-scopes"] == ["usage:read"]
+    assert "RateLimit" in usage["responses"]["200"]["headers"]
+    assert (
+        "insufficient-scope"
+        in usage["responses"]["403"]["content"]["application/problem+json"]["examples"]
+    )
+    assert "security" not in document["paths"]["/livez"]["get"]
+    limits = document["paths"]["/v1/limits"]["get"]
+    assert limits["summary"]
+    assert limits["x-required-scopes"] == []
+
+
+def test_every_problem_type_is_documented() -> None:
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for kind in ALL_KINDS:
+        if kind.status in (404, 405):
+            continue
+        assert kind.slug in documented, kind.slug
