@@ -344,7 +344,8 @@ class RequestLimiter:
         self._usage = usage
         self._metrics = metrics
         self._in_process = _InProcessLimits(replicas)
-        self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+        # (tenant, limit) → (refused until, violated policies, when the policy is full again)
+        self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...], float]] = {}
         self._redis_down_until = 0.0
         self._month = _Month()
         self._decision_series: dict[tuple[str, bool], Any] = {}
@@ -436,13 +437,18 @@ class RequestLimiter:
     # --- refusal cache -----------------------------------------------------------------
 
     def _remember_refusal(self, spec: LimitSpec, decision: Decision, wall: float) -> None:
+        """Cache a refusal until its retry time, with when the policy is full again (for the
+        `t` of the headers the cached answers carry)."""
         if QUOTA_POLICY in decision.violated:
-            self._denied[(spec.tenant_id, QUOTA_POLICY)] = (self._month.ends_at, (QUOTA_POLICY,))
+            ends = self._month.ends_at
+            self._denied[(spec.tenant_id, QUOTA_POLICY)] = (ends, (QUOTA_POLICY,), ends)
         until = wall + decision.retry_after_us / 1_000_000
         if TENANT_POLICY in decision.violated:
-            self._denied[(spec.tenant_id, "")] = (until, (TENANT_POLICY,))
+            full_at = wall + decision.tenant_reset_us / 1_000_000
+            self._denied[(spec.tenant_id, "")] = (until, (TENANT_POLICY,), full_at)
         if ROUTE_POLICY in decision.violated:
-            self._denied[(spec.tenant_id, spec.route)] = (until, (ROUTE_POLICY,))
+            full_at = wall + decision.route_reset_us / 1_000_000
+            self._denied[(spec.tenant_id, spec.route)] = (until, (ROUTE_POLICY,), full_at)
 
     def _cached_refusal(self, spec: LimitSpec, wall: float) -> Decision | None:
         if not self._denied:
@@ -455,7 +461,7 @@ class RequestLimiter:
             entry = self._denied.get(cell)
             if entry is None:
                 continue
-            until, violated = entry
+            until, violated, full_at = entry
             if wall >= until:
                 del self._denied[cell]
                 continue
@@ -473,8 +479,8 @@ class RequestLimiter:
                 retry_after_us=int((until - wall) * 1_000_000),
                 tenant_remaining=0 if violated == (TENANT_POLICY,) else -1,
                 route_remaining=0 if violated == (ROUTE_POLICY,) else -1,
-                tenant_reset_us=int((until - wall) * 1_000_000),
-                route_reset_us=int((until - wall) * 1_000_000),
+                tenant_reset_us=int((full_at - wall) * 1_000_000),
+                route_reset_us=int((full_at - wall) * 1_000_000),
             )
         return None
 

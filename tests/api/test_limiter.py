@@ -108,6 +108,9 @@ async def test_a_refused_tenant_is_answered_from_the_cache_without_redis(
         response = await api.client.get("/v1/limits", headers=auth(key))
         assert response.status_code == 429
         assert response.headers["retry-after"] == "1"
+        # The cached answer still says when the burst is whole again (five emission intervals).
+        assert response.headers["x-ratelimit-reset"] in ("4", "5")
+        assert response.headers["x-ratelimit-remaining"] == "0"
     after = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     assert after == before
     decisions = api.runtime.metrics.limiter_decisions.labels("cache", "refused")
