@@ -18,6 +18,7 @@ import structlog
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.trace import Tracer
 from redis.exceptions import RedisError
 
 from tenantry import __version__
@@ -28,6 +29,7 @@ from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
+from tenantry.api.tracing import tracer_from_environment
 from tenantry.contract.resources import Scope
 from tenantry.db.engine import create_engine
 from tenantry.logs import configure_logging
@@ -49,7 +51,10 @@ and `X-RateLimit-Limit/Remaining/Reset`; a refused request gets 429 with `Retry-
 
 
 def create_app(
-    settings: Settings | None = None, *, source: RegistrySource | None = None
+    settings: Settings | None = None,
+    *,
+    source: RegistrySource | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
     redis = (
@@ -63,7 +68,11 @@ def create_app(
         else None
     )
     runtime = ApiRuntime(
-        settings, engine=create_engine(settings.database_url), redis=redis, pipelined=pipelined
+        settings,
+        engine=create_engine(settings.database_url),
+        redis=redis,
+        pipelined=pipelined,
+        tracer=tracer or tracer_from_environment(),
     )
     registry_from = source or registry_source(settings)
 

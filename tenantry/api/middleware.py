@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import structlog
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, status_class
@@ -33,6 +34,7 @@ from tenantry.api.problems import (
     problem_body,
 )
 from tenantry.api.runtime import ApiRuntime, RequestContext
+from tenantry.api.tracing import parent_context
 
 
 def access_logger() -> Any:
@@ -84,6 +86,7 @@ class ApiMiddleware:
         self.max_body = runtime.settings.api.max_body_bytes
         self.log_requests = runtime.settings.api.access_log
         self.access_log = access_logger()
+        self.tracer = runtime.tracer
         self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,6 +96,7 @@ class ApiMiddleware:
         started = time.perf_counter()
         request_id: str | None = None
         trace_id: str | None = None
+        traceparent: str | None = None
         content_length: int | None = None
         origin: bytes | None = None
         preflight = False
@@ -105,6 +109,7 @@ class ApiMiddleware:
                 match = TRACEPARENT.match(value.decode("latin-1"))
                 if match:
                     trace_id = match[1]
+                    traceparent = match[0]
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"origin":
@@ -133,6 +138,13 @@ class ApiMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        span = (
+            self.tracer.start_span(
+                scope["method"], context=parent_context(traceparent), kind=SpanKind.SERVER
+            )
+            if self.tracer is not None
+            else None
+        )
         try:
             if scope["method"] == "OPTIONS" and preflight and origin is not None:
                 await self._preflight(origin, context, send_with_headers)
@@ -144,6 +156,8 @@ class ApiMiddleware:
                 await self.app(scope, receive, send_with_headers)
         finally:
             self._observe(scope, context, status, time.perf_counter() - started)
+            if span is not None:
+                _finish_span(span, scope, context, status)
 
     # --- bodies ------------------------------------------------------------------------
 
@@ -238,6 +252,20 @@ class ApiMiddleware:
                 tenant=caller.tenant.tenant_id if caller is not None else None,
                 key_id=caller.key.key_id if caller is not None else None,
             )
+
+
+def _finish_span(span: Span, scope: Scope, context: RequestContext, status: int) -> None:
+    template: str = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+    span.update_name(f"{scope['method']} {template}")
+    span.set_attribute("http.request.method", scope["method"])
+    span.set_attribute("http.route", template)
+    span.set_attribute("http.response.status_code", status)
+    span.set_attribute("tenantry.request_id", context.request_id)
+    if context.caller is not None:
+        span.set_attribute("tenantry.tenant", context.caller.tenant.tenant_id)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 async def _send_problem(send: Send, status: int, body: bytes, *, close: bool = False) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from opentelemetry.trace import Tracer
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -67,11 +68,13 @@ class ApiRuntime:
         engine: AsyncEngine | None,
         redis: aioredis.Redis | None,
         pipelined: PipelinedRedis | None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.redis = redis
         self.pipelined = pipelined
+        self.tracer = tracer
         self.metrics = ApiMetrics(tenant_label=settings.api.tenant_metrics_label)
         self.holder = RegistryHolder(on_swap=self._on_swap)
         self.usage = LocalUsage(settings.api.local_usage_max_entries, self.metrics)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry.trace import Tracer
 
 from tenantry.api.app import create_app
 from tenantry.api.runtime import ApiRuntime
@@ -68,6 +69,7 @@ def serve_api(tmp_path: Path, manifests: Path) -> ServeApi:
         database_url: str,
         redis_url: str | None,
         client_address: tuple[str, int] = ("203.0.113.7", 50000),
+        tracer: Tracer | None = None,
         **api: Any,
     ) -> AsyncIterator[Api]:
         settings = Settings(
@@ -87,7 +89,7 @@ def serve_api(tmp_path: Path, manifests: Path) -> ServeApi:
             keys_file=settings.registry.keys_file,
             poll_interval_seconds=settings.registry.poll_interval_seconds,
         )
-        app = create_app(settings, source=source)
+        app = create_app(settings, source=source, tracer=tracer)
         transport = httpx.ASGITransport(app=app, client=client_address)
         async with (
             app.router.lifespan_context(app),
