@@ -110,12 +110,15 @@ async def test_several_processes_admit_what_the_policy_allows_and_no_more(
         admitted, refused, other, window = await _hammer(urls, key, client)
 
     params = gcra_params(1200, 300)
+    # Upper bound: the whole window, from the start signal to the last answer. Lower bound:
+    # only the time the clients were sending (answers still in flight may add to it).
     bound = params.max_admitted(int(window * 1_000_000))
-    print(f"admitted {admitted} refused {refused} over {window:.2f}s, bound {bound}")
+    pushed = params.max_admitted(int(LOAD_SECONDS * 1_000_000))
+    print(f"admitted {admitted} refused {refused} over {window:.2f}s, bounds {pushed}..{bound}")
     assert other == 0
     assert refused > admitted  # the clients really pushed past the limit
     assert admitted <= bound, f"admitted {admitted} > bound {bound} over {window:.2f}s"
-    assert admitted >= 0.99 * bound, f"admitted {admitted} < 99% of {bound} over {window:.2f}s"
+    assert admitted >= 0.99 * pushed, f"admitted {admitted} < 99% of {pushed}"
 
     members: list[Any] = client.zrange(usage_index_key(TENANT), 0, -1)
     minutes = [int(member) for member in members]
