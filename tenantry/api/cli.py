@@ -97,7 +97,7 @@ def _print_welcome(
 ) -> None:
     url = f"http://{settings.api.host}:{settings.api.port}"
     typer.echo(f"Tenantry dev: the API on {url} (OpenAPI docs at {url}/docs)")
-    limiter = f"Redis at {settings.redis_url}" if settings.redis_url else "in process (no Redis)"
+    limiter = "in Redis (TENANTRY_REDIS_URL)" if settings.redis_url else "in process (no Redis)"
     typer.echo(f"Database {settings.database_url}; limiter {limiter}.")
     typer.echo(f"Tenants from {', '.join(str(p) for p in settings.registry.manifests)}:")
     demo: tuple[int, str, str] | None = None
