@@ -97,8 +97,11 @@ def _print_welcome(
 ) -> None:
     url = f"http://{settings.api.host}:{settings.api.port}"
     typer.echo(f"Tenantry dev: the API on {url} (OpenAPI docs at {url}/docs)")
+    from sqlalchemy.engine import make_url
+
     limiter = "in Redis (TENANTRY_REDIS_URL)" if settings.redis_url else "in process (no Redis)"
-    typer.echo(f"Database {settings.database_url}; limiter {limiter}.")
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    typer.echo(f"Database {database}; limiter {limiter}.")
     typer.echo(f"Tenants from {', '.join(str(p) for p in settings.registry.manifests)}:")
     demo: tuple[int, str, str] | None = None
     for tenant_id, entry in sorted(registry.tenants.items()):
