@@ -47,6 +47,12 @@ async def test_postgres_stopped_makes_readiness_503_and_liveness_stays_200(
         # Requests that need no database keep being served.
         response = await api.client.get("/v1/limits", headers=auth(api.key("open")))
         assert response.status_code == 200
+        # Usage history needs the database: a clear 503, not a 500.
+        usage = await api.client.get(
+            "/v1/usage", params={"fresh": "true"}, headers=auth(api.key("open"))
+        )
+        assert usage.status_code == 503
+        assert usage.json()["type"] == "https://tenantry.io/problems/service-unavailable"
         own_postgres.start()
         assert (await api.client.get("/readyz")).status_code == 200
 
