@@ -51,6 +51,9 @@ class ApiSettings(BaseModel):
     )
     access_log: bool = Field(default=True, description="One JSON line per request.")
     usage_cache_seconds: int = Field(default=10, ge=1, description="TTL of cached /v1/usage.")
+    database_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="The longest a request waits on the database."
+    )
 
 
 class RegistrySettings(BaseModel):

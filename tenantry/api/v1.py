@@ -6,6 +6,7 @@ like any other call; a tenant only ever sees its own data.
 
 from __future__ import annotations
 
+import asyncio
 from calendar import monthrange
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -341,12 +342,15 @@ async def _flushed_days(runtime: ApiRuntime, tenant_id: str, now: datetime) -> d
     )
     days: dict[date, int] = {}
     try:
-        async with session_factory(runtime.engine)() as session:
+        async with (
+            asyncio.timeout(runtime.settings.api.database_timeout_seconds),
+            session_factory(runtime.engine)() as session,
+        ):
             for bucket_start, count in await session.execute(query):
                 moment = bucket_start if bucket_start.tzinfo else bucket_start.replace(tzinfo=UTC)
                 day = moment.astimezone(UTC).date()
                 days[day] = days.get(day, 0) + count
-    except (SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, OSError, TimeoutError) as error:
         raise ProblemError(
             SERVICE_UNAVAILABLE, "usage history is unavailable right now; retry shortly"
         ) from error
