@@ -9,9 +9,10 @@ mistakes "not listed yet" for "gone".
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import structlog
@@ -50,8 +51,27 @@ def _retry_later(memo: Any, error: KubeError) -> kopf.TemporaryError:
 # --- indices ---------------------------------------------------------------------------------
 
 
-def tenants(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {tenant_id_from(body): dict(body)}
+def tenants(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Each tenant as its passes need it, kept as compact JSON (10,000 of them fit in a few
+    MiB): metadata without kubectl's copy of the spec, the spec, the status conditions."""
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    annotations = dict(metadata.get("annotations") or {})
+    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    metadata["annotations"] = annotations
+    slim = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": metadata,
+        "spec": dict(body.get("spec") or {}),
+        "status": {"conditions": list((body.get("status") or {}).get("conditions") or [])},
+    }
+    return {tenant_id_from(body): json.dumps(slim, separators=(",", ":"), default=str)}
+
+
+def _tenant(index: Index, tenant_id: str) -> dict[str, Any] | None:
+    found = _one(index, tenant_id)
+    return cast(dict[str, Any], json.loads(found)) if found is not None else None
 
 
 def tenants_by_policy(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, str], str]:
@@ -139,7 +159,7 @@ async def key_secret_changed(
     tenant_name = ((body.get("metadata") or {}).get("annotations") or {}).get(
         desired.TENANT_ANNOTATION
     )
-    tenant = _one(tenants, f"{namespace}/{tenant_name}")
+    tenant = _tenant(tenants, f"{namespace}/{tenant_name}")
     if tenant is None:
         return
     log.info("key_secret_drift", tenant=f"{namespace}/{tenant_name}", watch_event=type)
@@ -193,14 +213,14 @@ async def policy_changed(
     if previous is None and type != "DELETED":
         # First sight (startup or creation): only tenants waiting for this policy need a pass;
         # the others are resumed by their own handlers.
-        tenant_ids = [t for t in tenant_ids if _waits_for_policy(_one(tenants, t) or {})]
+        tenant_ids = [t for t in tenant_ids if _waits_for_policy(_tenant(tenants, t) or {})]
     elif previous == fingerprint and type != "DELETED":
         tenant_ids = []  # an echo of our own status write, or the watch replaying the list
     log.info(
         "policy_changed", policy=f"{namespace}/{name}", watch_event=type, tenants=len(tenant_ids)
     )
     await _for_each(
-        [_one(tenants, tenant_id) for tenant_id in tenant_ids],
+        [_tenant(tenants, tenant_id) for tenant_id in tenant_ids],
         lambda tenant: reconcile_tenant(tenant, memo, policies, trigger="policy"),
         memo.settings.operator.reconcile_concurrency,
     )
@@ -288,7 +308,7 @@ async def platform_loop(
         if time.monotonic() - last_resync >= operator.resync_interval_seconds:
             last_resync = time.monotonic()
             await _for_each(
-                [_one(tenants, tenant_id) for tenant_id in list(tenants.keys())],
+                [_tenant(tenants, tenant_id) for tenant_id in list(tenants.keys())],
                 lambda tenant: reconcile_tenant(tenant, memo, policies, trigger="resync"),
                 operator.reconcile_concurrency,
             )

@@ -13,6 +13,7 @@ put back.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -114,14 +115,18 @@ class Reconciler:
     clock: Callable[[], datetime] = utcnow
     # Registry shards as last seen (watch) or written: shard name → data key → base64 entry.
     shards: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Every tenant's registry entry as last written, and what it reserves (for the HPAs).
-    entries: dict[str, TenantEntry] = field(default_factory=dict)
+    # Every tenant's registry entry as last written (the shard's base64 value: compact, and
+    # what the shard holds), its limits, and what it reserves (for the HPAs). Limits are
+    # interned: thousands of tenants share a handful of tiers.
+    entries: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, EffectiveLimits | None] = field(default_factory=dict)
+    _interned: dict[str, EffectiveLimits] = field(default_factory=dict)
     reservations: dict[str, tuple[ApiTenantSpec, EffectiveLimits]] = field(default_factory=dict)
     # Fingerprints of the key Secrets as last written, to tell our own echo from drift.
     key_secrets: dict[tuple[str, str], str] = field(default_factory=dict)
     # Status stanzas as last written, by object: fresher than the body of an event that
     # crossed our own write, and what keeps a condition's lastTransitionTime put.
-    statuses: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)  # compact JSON: 10,000 of them
     # The HPAs as last written, by name, to tell drift from our own echo.
     hpas: dict[str, dict[str, Any]] = field(default_factory=dict)
     platform_dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -272,12 +277,10 @@ class Reconciler:
         """Limits of a tenant whose policy is gone: the last ones it was served with, unless
         that policy was `failureMode: closed` (then its keys are refused, as Redis being down
         would refuse them). A tier deleted by mistake so does not take its tenants offline."""
-        previous = self.entries.get(tenant_id)
-        if previous is None or previous.limits is None:
+        previous = self.limits.get(tenant_id)
+        if previous is None or previous.failure_mode is FailureMode.CLOSED:
             return None
-        if previous.limits.failure_mode is FailureMode.CLOSED:
-            return None
-        return previous.limits
+        return previous
 
     async def _invalid_tenant(self, body: Body, message: str) -> TenantOutcome:
         """No retry: a spec only a new edit can fix is reported once and left alone."""
@@ -298,7 +301,7 @@ class Reconciler:
         if limits is None:
             self.reservations.pop(tenant_id, None)
         else:
-            self.reservations[tenant_id] = (spec, limits)
+            self.reservations[tenant_id] = (spec, self._intern(limits) or limits)
         after = self.reservations.get(tenant_id)
         if _reservation(before) != _reservation(after):
             self.platform_dirty.set()
@@ -311,6 +314,7 @@ class Reconciler:
         async with self._lock(tenant_id):
             await self.remove_entry(tenant_id)
             self.entries.pop(tenant_id, None)
+            self.limits.pop(tenant_id, None)
             if self.reservations.pop(tenant_id, None) is not None:
                 self.platform_dirty.set()
             self.key_secrets.pop((namespace, key_secret_name(name)), None)
@@ -340,13 +344,19 @@ class Reconciler:
 
     async def put_entry(self, entry: TenantEntry) -> int:
         """Write a tenant's entry into its shard unless it is there already; the write count."""
-        self.entries[entry.tenant_id] = entry
         shard = self.shard_of(entry.tenant_id)
         value = desired.registry_value(entry)
+        self.entries[entry.tenant_id] = value
+        self.limits[entry.tenant_id] = self._intern(entry.limits)
         if self.shards.get(shard, {}).get(entry.data_key) == value:
             return 0
         await self._write_shard(shard, {entry.data_key: value})
         return 1
+
+    def _intern(self, limits: EffectiveLimits | None) -> EffectiveLimits | None:
+        if limits is None:
+            return None
+        return self._interned.setdefault(limits.model_dump_json(), limits)
 
     async def remove_entry(self, tenant_id: str) -> None:
         shard = self.shard_of(tenant_id)
@@ -389,9 +399,9 @@ class Reconciler:
             return 0
         self.observe_shard(name, data)
         wanted = {
-            entry.data_key: desired.registry_value(entry)
-            for entry in self.entries.values()
-            if self.shard_of(entry.tenant_id) == name
+            tenant_data_key(tenant_id): value
+            for tenant_id, value in self.entries.items()
+            if self.shard_of(tenant_id) == name
         }
         have = data or {}
         changes: dict[str, str | None] = {k: v for k, v in wanted.items() if have.get(k) != v}
@@ -485,14 +495,17 @@ class Reconciler:
 
     def status_of(self, body: Body) -> Mapping[str, Any]:
         """The object's status as we last wrote it, else as the event shows it."""
-        return self.statuses.get(_object_key(body)) or body.get("status") or {}
+        written = self.statuses.get(_object_key(body))
+        if written is not None:
+            return cast(Mapping[str, Any], json.loads(written))
+        return body.get("status") or {}
 
     async def _patch_status(self, body: Body, plural: str, want: Mapping[str, Any]) -> int:
         key = _object_key(body)
         patch = desired.merge_patch(self.status_of(body), want)
         if not patch:
             return 0
-        self.statuses[key] = want
+        self.statuses[key] = json.dumps(want, separators=(",", ":"))
         metadata = body.get("metadata") or {}
         path = custom_path(
             plural, str(metadata.get("namespace")), str(metadata.get("name")), status=True
