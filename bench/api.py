@@ -48,6 +48,7 @@ VARIANTS = {
     "fastapi-limiter (Redis)": "fastapi_limiter_app",
     "Tenantry": "tenantry_app",
     "Tenantry, no access log": "tenantry_app",
+    "Tenantry, no access log, no Redis": "tenantry_app",
 }
 
 
@@ -81,8 +82,10 @@ def run_variant(
 ) -> Result:
     port = free_port()
     variant_env = {**os.environ, **env}
-    if name == "Tenantry, no access log":
+    if name.startswith("Tenantry, no access log"):
         variant_env["TENANTRY_API__ACCESS_LOG"] = "false"
+    if name.endswith("no Redis"):  # the in-process limiter of `tenantry dev`: Redis' share
+        del variant_env["TENANTRY_REDIS_URL"]
     server = subprocess.Popen(
         [
             sys.executable, "-m", "uvicorn", f"bench.api_apps:{factory}", "--factory",
@@ -143,7 +146,7 @@ def main() -> None:
                 result = run_variant(name, factory, env, key, args.duration, args.connections)
                 results.append(result)
                 print(
-                    f"{name:<26} {result.requests_per_second:>9.0f} req/s  "
+                    f"{name:<34} {result.requests_per_second:>9.0f} req/s  "
                     f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
                     f"errors {result.errors}",
                     flush=True,
