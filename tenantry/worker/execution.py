@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenantry.db.tables import Job, JobStatus
@@ -51,7 +51,8 @@ from tenantry.worker.semaphore import ConcurrencyLimiter
 
 log = structlog.get_logger("tenantry.worker")
 
-# Errors that mean "the database is unreachable right now", not "the statement is wrong".
+# Errors that may mean "the database is unreachable right now"; `database_unreachable` tells
+# them apart from "the statement is wrong".
 DATABASE_DOWN = (DBAPIError, OSError, ConnectionError)
 T = TypeVar("T")
 # A receiver may ask for a pause with Retry-After; longer asks are cut to this.
@@ -81,6 +82,14 @@ class WorkerContext:
     breakers: CircuitBreakers
 
 
+def database_unreachable(error: BaseException) -> bool:
+    if isinstance(error, OSError | ConnectionError):
+        return True
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -95,6 +104,8 @@ async def _with_database(
         try:
             return await write()
         except DATABASE_DOWN as error:
+            if not database_unreachable(error):
+                raise  # a wrong statement: retrying cannot help
             if asyncio.get_running_loop().time() + pause > deadline:
                 raise
             log.warning("job.database_unreachable", job_id=str(job_id), error=str(error))
@@ -105,40 +116,35 @@ async def _with_database(
 async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Verdict:
     """Run the attempt `attempt` of a job if it is still due; report what happened."""
     settings = context.settings
-    async with context.sessions() as session:
-        job = await session.get(Job, job_id)
-    if job is None or job.status != JobStatus.QUEUED or job.attempts != attempt:
+    job = await _claim(context, job_id, attempt)
+    if job is None:
         return Verdict.STALE
     if not context.registry.loaded:
-        await _defer(context, job)
-        return Verdict.DEFERRED
+        return await _unclaim(context, job)
     tenant = context.registry.registry.tenants.get(job.tenant_id)
     try:
         kind = context.kinds.get(job.kind)
     except UnknownJobKindError as error:
-        return await _fail_unclaimed(context, job, str(error))
+        return await _record(context, job, Verdict.FAILED, last_error=str(error))
     if tenant is None or tenant.limits is None:
-        return await _fail_unclaimed(context, job, "the tenant no longer exists or has no policy")
+        reason = "the tenant no longer exists or has no policy"
+        return await _record(context, job, Verdict.FAILED, last_error=reason)
     holder = str(job_id)
     if not await context.limiter.acquire(
         job.tenant_id, holder, tenant.limits.max_concurrent_jobs, settings.job_lease_seconds
     ):
         metrics.CONCURRENCY_DEFERRED.inc()
-        await _defer(context, job)
-        return Verdict.DEFERRED
+        return await _unclaim(context, job)
     try:
-        claimed = await _claim(context, job_id, attempt)
-        if claimed is None:
-            return Verdict.STALE
         job_context = JobContext(
             job_id=job_id,
-            attempt=claimed.attempts,
+            attempt=job.attempts,
             tenant=tenant,
             settings=settings,
             sessions=context.sessions,
             breakers=context.breakers,
         )
-        return await _run_claimed(context, claimed, kind, job_context)
+        return await _run_claimed(context, job, kind, job_context)
     finally:
         try:
             await context.limiter.release(job.tenant_id, holder)
@@ -146,24 +152,35 @@ async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -
             log.warning("job.slot_release_failed", job_id=holder, error=str(error))
 
 
-async def _defer(context: WorkerContext, job: Job) -> None:
+async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
+    """Give a claimed job back (no free slot, or no registry yet) and send it again later;
+    the attempt does not count. A cancel that came in meanwhile ends it instead."""
+    cancelled = Job.cancel_requested.is_(True)
+    async with context.sessions() as session, session.begin():
+        returned = await session.scalar(
+            update(Job)
+            .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == JobStatus.RUNNING)
+            .values(
+                status=case(
+                    (cancelled, literal(JobStatus.CANCELLED, Job.status.type)),
+                    else_=literal(JobStatus.QUEUED, Job.status.type),
+                ),
+                attempts=Job.attempts - 1,
+                started_at=None,
+                lease_expires_at=None,
+                finished_at=case((cancelled, func.now()), else_=None),
+            )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+    if returned is None or returned.status != JobStatus.QUEUED:
+        return Verdict.STALE
     pause = context.settings.concurrency_retry_seconds
     pause *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter, not secrecy
     await publish_or_leave_to_outbox(
-        context.publisher, message_for(job, context.kinds, countdown_seconds=pause)
+        context.publisher, message_for(returned, context.kinds, countdown_seconds=pause)
     )
-
-
-async def _fail_unclaimed(context: WorkerContext, job: Job, reason: str) -> Verdict:
-    async with context.sessions() as session, session.begin():
-        await session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.QUEUED, Job.attempts == job.attempts)
-            .values(status=JobStatus.FAILED, last_error=reason, finished_at=_now())
-        )
-    metrics.DEAD_LETTERS.labels(kind="unknown").inc()
-    log.warning("job.failed", job_id=str(job.id), error=reason)
-    return Verdict.FAILED
+    return Verdict.DEFERRED
 
 
 async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
