@@ -332,6 +332,10 @@ class _InProcessLimits:
 
 
 class RequestLimiter:
+    """One decision per request: from the refusal cache, from Redis (one script call), or,
+    without Redis, by the tenant's failure mode. Any Redis failure, an error reply included,
+    falls back the same way, so the limiter itself never turns a request into a 5xx."""
+
     def __init__(
         self,
         redis: PipelinedRedis | None,
@@ -371,6 +375,8 @@ class RequestLimiter:
         else:
             try:
                 decision = await self._call_script(spec, wall)
+                if not self.redis_healthy:
+                    log.info("redis_available")
                 self.redis_healthy = True
             except (RedisUnavailableError, RedisReplyError) as error:
                 self._metrics.redis_errors.labels("limiter").inc()
