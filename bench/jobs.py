@@ -1,0 +1,334 @@
+"""Jobs and metering: job throughput against plain Celery, start latency, usage flush rate.
+
+Starts its own Redis and PostgreSQL, then measures in one run:
+1. plain Celery: N no-op tasks sent to a 2-process prefork worker, first send to last done;
+2. Tenantry: N `noop` jobs submitted through the real API app (`POST /v1/jobs`, auth, limiter,
+   idempotency, audit) to a 2-process `tenantry worker`, first submit to last `succeeded`;
+3. enqueue-to-start latency of Tenantry jobs submitted one at a time (an idle system);
+4. the usage flush: closed per-minute buckets of many tenants from Redis into PostgreSQL,
+   in admitted requests per second of flush work.
+Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import redis
+from sqlalchemy import func, select
+
+from bench.jobs_celery import DONE_KEY, FIRST_KEY, LAST_KEY, QUEUE
+from bench.jobs_celery import app as plain_app
+from tenantry.api.app import create_app
+from tenantry.contract.registry import Registry, TenantEntry
+from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_key
+from tenantry.db.engine import create_engine, session_factory
+from tenantry.db.migrate import upgrade
+from tenantry.db.tables import Job, JobStatus
+from tenantry.redis_client import create_redis
+from tenantry.settings import Settings
+from tenantry.sources.files import FileRegistrySource
+from tenantry.worker.celery_app import CeleryPublisher, create_celery
+from tenantry.worker.flush import UsageFlusher
+from tenantry.worker.jobs_service import JobsService, JobSubmission
+from tenantry.worker.kinds import JobKinds
+from tests.harness.servers import PostgresProcess, RedisProcess, free_port
+
+WORKER_PROCESSES = 2
+TENANT = "bench/load"
+MANIFESTS = """
+apiVersion: tenantry.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: unlimited, namespace: tenantry-system}
+spec:
+  maxConcurrentJobs: 64
+  jobPriority: default
+  failureMode: open
+---
+apiVersion: tenantry.io/v1alpha1
+kind: ApiTenant
+metadata: {name: load, namespace: bench}
+spec:
+  displayName: Load
+  policyRef: {name: unlimited}
+  keys: [{name: main}]
+"""
+
+
+def _wait(condition: object, timeout: float, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
+    """Plain Celery's tasks per second: draining a full queue, and sent-to-done."""
+    env = {**os.environ, "BENCH_BROKER_URL": broker}
+    counter = redis.Redis.from_url(broker)
+    plain_app.conf.broker_url = broker
+    for _ in range(jobs):  # a full queue before the worker starts
+        plain_app.send_task("bench.noop", queue=QUEUE)
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "bench.jobs_celery", "worker",
+            f"--concurrency={WORKER_PROCESSES}", "--pool=prefork", f"--queues={QUEUE}",
+            "--without-gossip", "--without-mingle", "--loglevel=WARNING",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery drain")
+        first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
+        drain = (jobs - 1) / (last - first)
+        counter.delete(DONE_KEY)
+        started = time.perf_counter()
+        for _ in range(jobs):
+            plain_app.send_task("bench.noop", queue=QUEUE)
+        _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery tasks")
+        return drain, jobs / (time.perf_counter() - started)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        counter.close()
+
+
+def worker_env(work: Path, settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TENANTRY_DATABASE_URL": settings.database_url,
+        "TENANTRY_REDIS_URL": settings.redis_url or "",
+        "TENANTRY_LOG_LEVEL": "warning",
+        "TENANTRY_REGISTRY__MANIFESTS": json.dumps([str(p) for p in settings.registry.manifests]),
+        "TENANTRY_REGISTRY__KEYS_FILE": str(settings.registry.keys_file),
+        "TENANTRY_WORKER__CONCURRENCY": str(WORKER_PROCESSES),
+        "TENANTRY_WORKER__HEARTBEAT_FILE": str(work / "heartbeat"),
+        "TENANTRY_WORKER__METRICS_PORT": str(free_port()),
+    }
+
+
+async def _succeeded(sessions: object, jobs: int) -> int:
+    assert callable(sessions)
+    async with sessions() as session:
+        count: int = await session.scalar(
+            select(func.count()).select_from(Job).where(Job.status == JobStatus.SUCCEEDED)
+        )
+    return count
+
+
+def start_worker(work: Path, settings: Settings) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "tenantry"), "worker", "--queues=jobs.default"],
+        env=worker_env(work, settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def prequeue(settings: Settings, tenant: TenantEntry, jobs: int) -> None:
+    """Queue `jobs` no-op jobs the way the API does, with no worker running yet."""
+    engine = create_engine(settings.database_url)
+    kinds = JobKinds.discover()
+    service = JobsService(
+        session_factory(engine),
+        kinds,
+        CeleryPublisher(create_celery(settings, kinds)),
+        settings.worker,
+    )
+    for _ in range(jobs):
+        submission = JobSubmission("noop", {}, uuid.uuid4().hex, actor="bench")
+        await service.submit(tenant, submission)
+    await engine.dispose()
+
+
+async def drain_rate(settings: Settings, jobs: int) -> float:
+    """Jobs per second while the worker empties a full queue (first start to last end)."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    deadline = time.monotonic() + 300
+    while await _succeeded(sessions, jobs) < jobs:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the queued jobs did not all succeed")
+        await asyncio.sleep(0.05)
+    async with sessions() as session:
+        first, last = (
+            await session.execute(select(func.min(Job.started_at), func.max(Job.finished_at)))
+        ).one()
+    await engine.dispose()
+    assert first is not None
+    assert last is not None
+    return float((jobs - 1) / (last - first).total_seconds())
+
+
+async def tenantry_jobs(
+    settings: Settings, key: str, jobs: int, base: int
+) -> tuple[float, list[float]]:
+    """Jobs per second end to end, and enqueue-to-start latencies (ms) on an idle system."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+        ):
+            headers = {"Authorization": f"Bearer {key}"}
+
+            async def submit() -> str:
+                response = await client.post(
+                    "/v1/jobs",
+                    json={"kind": "noop", "payload": {}},
+                    headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                )
+                response.raise_for_status()
+                job_id: str = response.json()["id"]
+                return job_id
+
+            async def wait_succeeded(count: int, within: float) -> None:
+                deadline = time.monotonic() + within
+                while await _succeeded(sessions, count) < count:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{count} jobs did not succeed in {within:.0f}s")
+                    await asyncio.sleep(0.02)
+
+            await submit()  # warm up the API
+            await wait_succeeded(base + 1, 60)
+
+            # Throughput: submitters keep the queue fed while the worker drains it.
+            started = time.perf_counter()
+            pending = iter(range(jobs))
+
+            async def submitter() -> None:
+                for _ in pending:
+                    await submit()
+
+            await asyncio.gather(*(submitter() for _ in range(8)))
+            submitted = time.perf_counter()
+            await wait_succeeded(base + jobs + 1, 300)
+            rate = jobs / (time.perf_counter() - started)
+            print(f"(API submissions alone, the worker busy: {jobs / (submitted - started):.0f}/s)")
+
+            # Latency on an idle system: one job at a time.
+            latencies: list[float] = []
+            for done in range(base + jobs + 2, base + jobs + 2 + 200):
+                job_id = await submit()
+                await wait_succeeded(done, 30)
+                async with sessions() as session:
+                    job = await session.get(Job, uuid.UUID(job_id))
+                assert job is not None
+                assert job.started_at is not None
+                latencies.append((job.started_at - job.created_at).total_seconds() * 1000)
+            return rate, latencies
+    finally:
+        await engine.dispose()
+
+
+async def flush_rate(
+    settings: Settings, tenants: int, minutes: int, routes: int
+) -> tuple[int, float]:
+    """Admitted requests flushed per second, over tenants * minutes * routes buckets."""
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    now_minute = int(time.time()) // 60 * 60
+    per_route = 37
+    tenant_ids = [f"flush/t{n:04d}" for n in range(tenants)]
+    for tenant_id in tenant_ids:
+        with client.pipeline(transaction=False) as pipe:
+            for back in range(2, minutes + 2):
+                minute = now_minute - 60 * back
+                bucket = usage_bucket_key(tenant_id, minute)
+                for route in range(routes):
+                    pipe.hincrby(bucket, f"GET /v1/things/{route}", per_route)
+                pipe.hincrby(bucket, TOTAL_ROUTE, per_route * routes)
+                pipe.zadd(usage_index_key(tenant_id), {str(minute): minute})
+            pipe.execute()
+    client.close()
+    admitted = tenants * minutes * routes * per_route
+    engine = create_engine(settings.database_url)
+    async_client = create_redis(settings.redis_url, timeout_seconds=30)
+    flusher = UsageFlusher(async_client, session_factory(engine), grace_seconds=0)
+    entries = Registry.build(
+        [TenantEntry(tenant_id=t, display_name=t, tier="bench") for t in tenant_ids]
+    ).tenants.values()
+    started = time.perf_counter()
+    report = await flusher.flush(entries)
+    elapsed = time.perf_counter() - started
+    assert report.requests == admitted, (report.requests, admitted)
+    await async_client.aclose()
+    await engine.dispose()
+    return admitted, admitted / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs (and plain tasks) per run")
+    parser.add_argument("--flush-tenants", type=int, default=500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tenantry-bench-jobs-") as folder:
+        work = Path(folder)
+        redis_server = RedisProcess(work / "redis")
+        postgres = PostgresProcess()
+        redis_server.start()
+        postgres.initialise()
+        postgres.start()
+        try:
+            upgrade(postgres.url)
+            manifests = work / "tenants.yaml"
+            manifests.write_text(MANIFESTS)
+            keys_file = work / "keys.json"
+            source = FileRegistrySource(
+                [manifests], platform_namespace="tenantry-system", keys_file=keys_file
+            )
+            key = source.reconcile().keys[TENANT].keys["main"].plaintext
+            settings = Settings(
+                database_url=postgres.url,
+                redis_url=redis_server.url,
+                log_level="warning",
+                registry={"manifests": [manifests], "keys_file": keys_file},
+            )
+            plain_drain, plain = plain_celery(redis_server.url, args.jobs)
+            asyncio.run(prequeue(settings, source.reconcile().registry.tenants[TENANT], args.jobs))
+            worker = start_worker(work, settings)
+            try:
+                drain = asyncio.run(drain_rate(settings, args.jobs))
+                ours, latencies = asyncio.run(tenantry_jobs(settings, key, args.jobs, args.jobs))
+            finally:
+                worker.terminate()
+                worker.wait(timeout=30)
+            admitted, flushed = asyncio.run(flush_rate(settings, args.flush_tenants, 30, 5))
+        finally:
+            postgres.stop()
+            postgres.remove()
+            redis_server.remove()
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"worker processes: {WORKER_PROCESSES} (prefork), same Redis broker, {args.jobs} each")
+    print(
+        f"draining a full queue: plain Celery {plain_drain:6.0f}/s, Tenantry {drain:6.0f}/s "
+        f"= {drain / plain_drain:.0%}"
+    )
+    print(
+        f"submitted to done:     plain Celery {plain:6.0f}/s, Tenantry via the API {ours:6.0f}/s "
+        f"= {ours / plain:.0%}"
+    )
+    print(f"enqueue-to-start latency (idle):  p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms")
+    print(f"usage flush: {admitted:,} admitted requests at {flushed:,.0f} requests/s")
+
+
+if __name__ == "__main__":
+    main()
