@@ -200,6 +200,8 @@ async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job
         )
     if job is not None:
         due = job.available_at or job.created_at
+        if due.tzinfo is None:  # SQLite (`tenantry dev`) stores UTC without an offset
+            due = due.replace(tzinfo=UTC)
         metrics.JOB_START_LATENCY.observe(max(0.0, (now - due).total_seconds()))
     return job
 

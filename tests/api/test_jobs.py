@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
+from tenantry.api.app import create_app
 from tenantry.db.engine import session_factory
+from tenantry.db.migrate import upgrade
+from tenantry.settings import Settings
+from tenantry.sources.files import FileRegistrySource
 from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import Verdict, WorkerContext, execute_job
+from tenantry.worker.inprocess import install_dev_jobs
 from tenantry.worker.jobs_service import JobsService
 from tenantry.worker.semaphore import LocalSemaphore
 from tests.api.conftest import Api, auth
+from tests.worker.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +226,39 @@ async def test_no_broker_answers_503_not_500(serve_api: Any, database_url: str) 
         response = await api.client.post("/v1/jobs", json=NOOP, headers=headers(api))
     assert response.status_code == 503
     assert "TENANTRY_REDIS_URL" in response.json()["detail"]
+
+
+async def test_dev_runs_jobs_in_process_on_sqlite(tmp_path: Path, manifests: Path) -> None:
+    """`tenantry dev`: no broker, no Redis, no PostgreSQL, and a job still runs to the end."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}"
+    await asyncio.to_thread(upgrade, database_url)
+    settings = Settings(
+        database_url=database_url,
+        redis_url=None,
+        registry={"manifests": [manifests.parent], "keys_file": tmp_path / "keys.json"},
+    )
+    source = FileRegistrySource(
+        settings.registry.manifests,
+        platform_namespace=settings.platform_namespace,
+        keys_file=settings.registry.keys_file,
+    )
+    key = source.reconcile().keys["team-t/open"].keys["main"].plaintext
+    app = create_app(settings, source=source)
+    install_dev_jobs(app)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://dev") as client,
+    ):
+        sent = {**auth(key), "Idempotency-Key": "first-job"}
+        created = await client.post("/v1/jobs", json=NOOP, headers=sent)
+        assert created.status_code == 202
+        job_url = created.headers["Location"]
+
+        async def succeeded() -> bool:
+            response = await client.get(job_url, headers=auth(key))
+            return bool(response.json()["status"] == "succeeded")
+
+        await wait_for(succeeded, what="the dev job to succeed")
+        result = await client.get(f"{job_url}/result", headers=auth(key))
+    assert result.json() == {"ok": True}
