@@ -196,3 +196,10 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade(chart: Chart) -> No
     assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
     assert pod_spec(job)["restartPolicy"] == "Never"
     assert _container(chart.values_set("prod"), "migrations", "Job")["args"] == ["migrate"]
+
+
+def test_the_local_limiter_shares_a_rate_among_the_api_floor(chart: Chart) -> None:
+    prod = chart.values_set("prod")
+    (platform,) = prod.of_kind("ApiPlatform")
+    replicas = _env(_container(prod, "api"))["TENANTRY_API__REPLICAS"]
+    assert int(replicas) == platform["spec"]["api"]["minReplicas"] == 3
