@@ -22,6 +22,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -208,10 +209,23 @@ def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
 def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     interval = settings.worker.heartbeat_interval_seconds
     path = settings.worker.heartbeat_file
+    broker = redis.Redis.from_url(broker_url(settings), socket_timeout=1, socket_connect_timeout=1)
+
+    def beat() -> None:
+        write_heartbeat(path)
+        try:
+            with broker.pipeline(transaction=False) as pipe:
+                for queue in QUEUES:
+                    pipe.llen(queue)
+                depths = pipe.execute()
+        except (RedisError, OSError):
+            return  # the readiness probe reports a lost broker
+        for queue, depth in zip(QUEUES, depths, strict=True):
+            metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
 
     class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Refreshes the heartbeat file from the worker's own timer, whether or not tasks
-        run, so the liveness probe sees a worker that is alive but idle as alive."""
+        """Refreshes the heartbeat file (and samples queue depths) from the worker's own
+        timer, whether or not tasks run, so the liveness probe sees an idle worker as alive."""
 
         requires = {"celery.worker.components:Timer"}
 
@@ -220,8 +234,8 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             self.timer_ref: Any = None
 
         def start(self, parent: Any) -> None:
-            write_heartbeat(path)
-            self.timer_ref = parent.timer.call_repeatedly(interval, write_heartbeat, (path,))
+            beat()
+            self.timer_ref = parent.timer.call_repeatedly(interval, beat)
 
         def stop(self, parent: Any) -> None:
             if self.timer_ref is not None:

@@ -130,9 +130,14 @@ async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -
         reason = "the tenant no longer exists or has no policy"
         return await _record(context, job, Verdict.FAILED, last_error=reason)
     holder = str(job_id)
-    if not await context.limiter.acquire(
-        job.tenant_id, holder, tenant.limits.max_concurrent_jobs, settings.job_lease_seconds
-    ):
+    try:
+        acquired = await context.limiter.acquire(
+            job.tenant_id, holder, tenant.limits.max_concurrent_jobs, settings.job_lease_seconds
+        )
+    except RedisError as error:  # no way to count slots: give the job back, attempt unused
+        log.warning("job.slots_unreachable", job_id=holder, error=str(error))
+        return await _unclaim(context, job)
+    if not acquired:
         metrics.CONCURRENCY_DEFERRED.inc()
         return await _unclaim(context, job)
     try:

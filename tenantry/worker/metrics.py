@@ -32,7 +32,9 @@ OUTBOX_REQUEUED = Counter(
 CONCURRENCY_DEFERRED = Counter(
     "tenantry_jobs_deferred_total", "Job starts put off because the tenant had no free slot."
 )
-QUEUE_DEPTH = Gauge("tenantry_queue_depth", "Messages waiting per queue.", ["queue"])
+QUEUE_DEPTH = Gauge(
+    "tenantry_queue_depth", "Messages waiting per queue.", ["queue"], multiprocess_mode="max"
+)
 FLUSH_BUCKETS = Histogram(
     "tenantry_usage_flush_buckets",
     "Minute buckets moved per flush.",
@@ -42,7 +44,9 @@ FLUSH_REQUESTS = Counter(
     "tenantry_usage_flushed_requests_total", "Admitted requests written to PostgreSQL."
 )
 FLUSH_LAG = Gauge(
-    "tenantry_usage_flush_lag_seconds", "Age of the oldest closed minute still in Redis."
+    "tenantry_usage_flush_lag_seconds",
+    "Age of the oldest minute written by the latest flush.",
+    multiprocess_mode="max",
 )
 FLUSH_ERRORS = Counter("tenantry_usage_flush_errors_total", "Flushes that did not complete.")
 HOUSEKEEPING_ERRORS = Counter(

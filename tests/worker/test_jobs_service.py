@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,3 +197,27 @@ async def test_an_altered_or_deleted_audit_row_is_detected(
     assert not report.intact
     assert report.broken_at in (2, 3)
     assert reason in (report.reason or "")
+
+
+async def test_audit_verify_command_reports_the_first_broken_row(
+    harness: Harness, database_url: str
+) -> None:
+    for _ in range(3):
+        await harness.submit("webhook.deliver", HOOK)
+    env = {**os.environ, "TENANTRY_DATABASE_URL": database_url}
+    intact = await asyncio.to_thread(verify_command, env)
+    assert intact.returncode == 0
+    assert intact.stdout.strip() == "ok: 3 audit rows, chain intact"
+    async with harness.sessions() as session, session.begin():
+        await session.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
+        await session.execute(text("UPDATE audit_log SET detail = '{}' WHERE id = 2"))
+    broken = await asyncio.to_thread(verify_command, env)
+    assert broken.returncode == 1
+    assert broken.stderr.startswith("broken: row 2: row content altered")
+
+
+def verify_command(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    tenantry = str(Path(sys.executable).parent / "tenantry")
+    return subprocess.run(
+        [tenantry, "audit", "verify"], env=env, capture_output=True, text=True, check=False
+    )

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -117,6 +118,12 @@ async def test_redis_restarted_empty_with_jobs_queued_loses_no_job(
             later = [await submitter.webhook(receiver.url) for _ in range(3)]
             await submitter.wait_all(later, JobStatus.SUCCEEDED, within=40)
             assert worker.process.poll() is None
+            port = env["TENANTRY_WORKER__METRICS_PORT"]
+            async with httpx.AsyncClient() as client:
+                scraped = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            finished = 'tenantry_jobs_finished_total{kind="webhook.deliver",outcome="succeeded"}'
+            assert f"{finished} 8.0" in scraped  # counted in the pool processes, served together
+            assert 'tenantry_queue_depth{queue="jobs.default"}' in scraped
     assert sorted(receiver.delivery_ids()) == sorted(str(j) for j in queued + later)
     await submitter.engine.dispose()
 
