@@ -71,26 +71,16 @@ async def append_audit(
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
     prev = await session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1))
-    at = datetime.now(UTC)
-    content = dict(detail or {})
-    entry = AuditEntry(
-        at=at,
-        tenant_id=tenant_id,
-        actor=actor,
-        action=action,
-        detail=content,
-        request_id=request_id,
-        prev_hash=prev or GENESIS_HASH,
-        hash=entry_hash(
-            prev_hash=prev or GENESIS_HASH,
-            at=at,
-            tenant_id=tenant_id,
-            actor=actor,
-            action=action,
-            detail=content,
-            request_id=request_id,
-        ),
-    )
+    fields: dict[str, Any] = {
+        "at": datetime.now(UTC),
+        "tenant_id": tenant_id,
+        "actor": actor,
+        "action": action,
+        "detail": dict(detail or {}),
+        "request_id": request_id,
+        "prev_hash": prev or GENESIS_HASH,
+    }
+    entry = AuditEntry(**fields, hash=entry_hash(**fields))
     session.add(entry)
     await session.flush()
     return entry

@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tenantry.settings import get_settings
+from tenantry.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 worker_app = typer.Typer(
     help="Run the Celery worker (jobs, usage flush, housekeeping), or probe it.",
@@ -53,16 +56,10 @@ def worker(
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from tenantry.logs import configure_logging
-    from tenantry.worker.celery_app import QUEUES, create_celery
+    from tenantry.worker.celery_app import QUEUES
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        app = create_celery(settings)
-    except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
+    app = _celery_app(settings)
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(settings.worker.metrics_port, registry=registry)
@@ -107,6 +104,19 @@ def probe_ready() -> None:
     _answer(*check_broker(url))
 
 
+def _celery_app(settings: Settings) -> Celery:
+    """Logging set up, and the Celery app, or exit 2 saying which setting is wrong."""
+    from tenantry.logs import configure_logging
+    from tenantry.worker.celery_app import create_celery
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return create_celery(settings)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
 def _answer(ok: bool, detail: str) -> None:
     """Exit 1 with the reason when failing; print `ok` only at the end of all checks."""
     if not ok:
@@ -117,16 +127,8 @@ def _answer(ok: bool, detail: str) -> None:
 
 def beat() -> None:
     """Run Celery beat: usage flush, outbox sweep and idempotency trimming on schedule."""
-    from tenantry.logs import configure_logging
-    from tenantry.worker.celery_app import create_celery
-
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        app = create_celery(settings)
-    except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
+    app = _celery_app(settings)
     app.start(
         [
             "beat",

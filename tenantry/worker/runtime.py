@@ -9,7 +9,6 @@ connection pool, the Redis pool and the registry source live across tasks.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import threading
 import time
 from collections.abc import Coroutine
@@ -21,7 +20,7 @@ import structlog
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings
-from tenantry.sources import RegistryHolder, RegistrySource
+from tenantry.sources import RegistryHolder, RegistrySource, registry_source
 from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.flush import UsageFlusher
@@ -33,22 +32,6 @@ log = structlog.get_logger("tenantry.worker")
 
 T = TypeVar("T")
 FIRST_REGISTRY_WAIT_SECONDS = 30.0
-
-
-def registry_source(settings: Settings) -> RegistrySource:
-    """The configured registry source; the Kubernetes client is imported only when chosen."""
-    if settings.registry.source == "kubernetes":
-        module = importlib.import_module("tenantry.sources.kubernetes")
-        source: RegistrySource = module.source_from_settings(settings)
-        return source
-    from tenantry.sources.files import FileRegistrySource
-
-    return FileRegistrySource(
-        settings.registry.manifests,
-        platform_namespace=settings.platform_namespace,
-        keys_file=settings.registry.keys_file,
-        poll_interval_seconds=settings.registry.poll_interval_seconds,
-    )
 
 
 class WorkerRuntime:
