@@ -161,6 +161,10 @@ async def test_new_tenant_gets_keys_registry_entry_and_ready_status(
     assert {key.key_id for key in entry.keys} == set(ids.values())
     assert all(key.key_hash.startswith("sha256:") for key in entry.keys)
     assert plaintext["production"] not in json.dumps(entry.to_manifest())
+    # Kopf's memory of the handled spec is a digest, not a copy of the spec.
+    annotations = found["metadata"].get("annotations") or {}
+    assert "kopf.zalando.org/last-handled-configuration" not in annotations
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 200
 
 
 async def test_missing_policy_is_reported_then_resolved_when_created(
