@@ -19,6 +19,7 @@ the hard one is Celery's `time_limit` on each message, which kills the process r
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -209,35 +210,46 @@ def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
 def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     interval = settings.worker.heartbeat_interval_seconds
     path = settings.worker.heartbeat_file
-    broker = redis.Redis.from_url(broker_url(settings), socket_timeout=1, socket_connect_timeout=1)
+    url = broker_url(settings)
 
-    def beat() -> None:
-        write_heartbeat(path)
-        try:
-            with broker.pipeline(transaction=False) as pipe:
-                for queue in QUEUES:
-                    pipe.llen(queue)
-                depths = pipe.execute()
-        except (RedisError, OSError):
-            return  # the readiness probe reports a lost broker
-        for queue, depth in zip(QUEUES, depths, strict=True):
-            metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
+    def sample_queue_depths(stop: threading.Event) -> None:
+        """On a thread of its own: a slow or lost broker must never delay the heartbeat."""
+        broker = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        while not stop.wait(interval):
+            try:
+                with broker.pipeline(transaction=False) as pipe:
+                    for queue in QUEUES:
+                        pipe.llen(queue)
+                    depths = pipe.execute()
+            except (RedisError, OSError):
+                continue  # the readiness probe reports a lost broker
+            for queue, depth in zip(QUEUES, depths, strict=True):
+                metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
+        broker.close()
 
     class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Refreshes the heartbeat file (and samples queue depths) from the worker's own
-        timer, whether or not tasks run, so the liveness probe sees an idle worker as alive."""
+        """Refreshes the heartbeat file from the worker's own timer, whether or not tasks
+        run, so the liveness probe sees an idle worker as alive."""
 
         requires = {"celery.worker.components:Timer"}
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.timer_ref: Any = None
+            self.stop_sampling = threading.Event()
 
         def start(self, parent: Any) -> None:
-            beat()
-            self.timer_ref = parent.timer.call_repeatedly(interval, beat)
+            write_heartbeat(path)
+            self.timer_ref = parent.timer.call_repeatedly(interval, write_heartbeat, (path,))
+            threading.Thread(
+                target=sample_queue_depths,
+                args=(self.stop_sampling,),
+                name="tenantry-queue-depth",
+                daemon=True,
+            ).start()
 
         def stop(self, parent: Any) -> None:
+            self.stop_sampling.set()
             if self.timer_ref is not None:
                 self.timer_ref.cancel()
 
