@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -11,6 +17,7 @@ from tenantry.settings import Settings, WorkerSettings
 from tenantry.worker.celery_app import QUEUES, CeleryPublisher, broker_url, create_celery
 from tenantry.worker.queueing import JobMessage, PublishError
 from tests.harness.servers import free_port
+from tests.worker.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +50,45 @@ def test_a_visibility_timeout_shorter_than_a_job_time_limit_is_refused() -> None
 def test_the_worker_without_a_broker_says_what_to_set() -> None:
     with pytest.raises(ValueError, match="TENANTRY_REDIS_URL"):
         broker_url(Settings(redis_url=None))
+
+
+TENANTRY = str(Path(sys.executable).parent / "tenantry")
+
+
+def test_the_worker_command_without_a_broker_exits_naming_the_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTRY_")}
+    result = subprocess.run(
+        [TENANTRY, "worker"], env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 2
+    assert "set TENANTRY_REDIS_URL or TENANTRY_WORKER__BROKER_URL" in result.stderr
+
+
+async def test_beat_sends_the_housekeeping_tasks_to_the_maintenance_queue(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "TENANTRY_REDIS_URL": redis_url,
+        "TENANTRY_WORKER__BEAT_SCHEDULE_FILE": str(tmp_path / "schedule"),
+        "TENANTRY_WORKER__USAGE_FLUSH_INTERVAL_SECONDS": "0.5",
+        "TENANTRY_WORKER__OUTBOX_INTERVAL_SECONDS": "0.5",
+    }
+    beat = await asyncio.create_subprocess_exec(
+        TENANTRY, "beat", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+
+        async def sent() -> bool:
+            names = {
+                json.loads(raw)["headers"]["task"] for raw in client.lrange("maintenance", 0, -1)
+            }
+            return {"tenantry.flush_usage", "tenantry.sweep_outbox"} <= names
+
+        await wait_for(sent, within=30, what="beat to send the flush and the outbox sweep")
+        assert client.llen("jobs.default") == 0
+    finally:
+        beat.terminate()
+        await beat.wait()
+        client.close()
