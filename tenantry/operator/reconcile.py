@@ -130,6 +130,9 @@ class Reconciler:
     # The HPAs as last written, by name, to tell drift from our own echo.
     hpas: dict[str, dict[str, Any]] = field(default_factory=dict)
     platform_dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    shard_batch_seconds: float = 0.05
+    _pending: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    _batches: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def _lock(self, key: str) -> asyncio.Lock:
@@ -366,6 +369,28 @@ class Reconciler:
         await self._write_shard(shard, {data_key: None})
 
     async def _write_shard(self, shard: str, changes: dict[str, str | None]) -> None:
+        """Group commit: passes touching one shard within `shard_batch_seconds` share one
+        merge patch. The first becomes the leader and writes everybody's changes; the others
+        wait for that write and see its outcome (an error makes each of them retry)."""
+        self._pending.setdefault(shard, {}).update(changes)
+        batch = self._batches.get(shard)
+        if batch is not None:
+            await asyncio.shield(batch)
+            return
+        batch = asyncio.get_running_loop().create_future()
+        self._batches[shard] = batch
+        try:
+            await asyncio.sleep(self.shard_batch_seconds)
+            del self._batches[shard]
+            await self._apply_shard(shard, self._pending.pop(shard, {}))
+        except BaseException as error:
+            self._batches.pop(shard, None)
+            batch.set_exception(error)
+            batch.exception()  # the leader re-raises; followers read it from the future
+            raise
+        batch.set_result(None)
+
+    async def _apply_shard(self, shard: str, changes: dict[str, str | None]) -> None:
         path = core_path("secrets", self.platform_namespace, shard)
         written = None
         if shard in self.shards:
