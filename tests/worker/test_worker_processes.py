@@ -21,7 +21,7 @@ from tenantry.settings import Settings
 from tenantry.worker.celery_app import CeleryPublisher, create_celery
 from tenantry.worker.jobs_service import JobsService, JobSubmission
 from tenantry.worker.kinds import JobKinds
-from tests.harness.servers import RedisProcess
+from tests.harness.servers import PostgresProcess, RedisProcess
 from tests.worker.conftest import wait_for
 from tests.worker.processes import TENANT, reconcile_registry, running_worker, worker_env
 from tests.worker.receiver import Reply, running_receiver
@@ -176,3 +176,34 @@ async def test_probes_follow_the_heartbeat_and_the_broker(
         return probe(env, "live").returncode == 1
 
     await wait_for(stale, within=10, what="the heartbeat to go stale")
+
+
+async def test_postgres_stopped_during_a_job_the_worker_finishes_it_once(
+    own_postgres: PostgresProcess, redis_url: str, tmp_path: Path
+) -> None:
+    registry = reconcile_registry(tmp_path / "keys.json")
+    submitter = Submitter(own_postgres.url, redis_url, registry)
+    env = worker_env(tmp_path, own_postgres.url, redis_url)
+    with (
+        running_receiver([Reply(200, delay_seconds=2)]) as receiver,
+        running_worker(tmp_path, env),
+    ):
+        job_id = await submitter.webhook(receiver.url)
+
+        async def in_flight() -> bool:
+            return len(receiver.deliveries) == 1
+
+        await wait_for(in_flight, what="the delivery to be in flight")
+        await asyncio.to_thread(own_postgres.stop)
+
+        async def answered() -> bool:
+            return receiver.in_flight == 0
+
+        await wait_for(answered, what="the receiver to answer")
+        await asyncio.to_thread(own_postgres.start)  # the worker records the outcome now
+        await submitter.engine.dispose()  # the old connections died with the server
+        await submitter.wait_all([job_id], JobStatus.SUCCEEDED, within=30)
+    job = await submitter.job(job_id)
+    assert job.attempts == 1
+    assert receiver.delivery_ids() == [str(job_id)]
+    await submitter.engine.dispose()
