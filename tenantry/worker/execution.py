@@ -82,12 +82,20 @@ class WorkerContext:
     breakers: CircuitBreakers
 
 
+# SQLSTATE classes meaning "no usable connection now": 08 connection exception, 57 operator
+# intervention (shutting down, starting up: "the database system is starting up").
+UNREACHABLE_SQLSTATE_CLASSES = ("08", "57")
+
+
 def database_unreachable(error: BaseException) -> bool:
     if isinstance(error, OSError | ConnectionError):
         return True
-    return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or isinstance(error, OperationalError | InterfaceError)
-    )
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in UNREACHABLE_SQLSTATE_CLASSES
 
 
 def _now() -> datetime:
@@ -110,7 +118,9 @@ async def _with_database(
                 raise
             log.warning("job.database_unreachable", job_id=str(job_id), error=str(error))
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            # At most a second apart, well inside the grace the lease sweep gives after an
+            # outage, so the outcome lands before the job would be handed on.
+            pause = min(pause * 2, 1.0)
 
 
 async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Verdict:

@@ -28,7 +28,10 @@ SWEEP_BATCH = 500
 async def recover_lapsed_leases(context: WorkerContext) -> list[Job]:
     """Running jobs whose worker stopped renewing: back to the queue, or to an end state."""
     now = datetime.now(UTC)
-    lapsed = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now)
+    # A whole extra lease period of grace: after a database outage every running job's lease
+    # has lapsed (nobody could renew it), and its worker needs a moment to write its outcome.
+    cutoff = now - timedelta(seconds=context.settings.job_lease_seconds)
+    lapsed = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < cutoff)
     async with context.sessions() as session, session.begin():
         await session.execute(
             update(Job)
