@@ -192,21 +192,28 @@ async def main(tenants: int, grow_to: int) -> dict[str, Any]:
             await create_all(emulator, [tenant(i) for i in range(tenants)])
             await until_ready(emulator, tenants, limit=600)
             results["ready_seconds"] = round(time.monotonic() - started, 1)
+            print(f"{tenants} Ready in {results['ready_seconds']} s", file=sys.stderr)
             await asyncio.sleep(2)  # let Kopf's bookkeeping after the last status settle
             calls = operator_calls(emulator) - mark
             results["operator_calls_per_tenant"] = round(calls / tenants, 2)
             results["operator_rss_mib_at_first"] = round(peak_rss_mib(operator.pid), 1)
+            print(json.dumps(results), file=sys.stderr)
 
             if grow_to > tenants:
                 started = time.monotonic()
                 await create_all(emulator, [tenant(i) for i in range(tenants, grow_to)])
                 await until_ready(emulator, grow_to, limit=3600)
                 results["grow_ready_seconds"] = round(time.monotonic() - started, 1)
+                print(f"{grow_to} Ready after {results['grow_ready_seconds']} s", file=sys.stderr)
                 await asyncio.sleep(2)
             results["operator_peak_rss_mib"] = round(peak_rss_mib(operator.pid), 1)
         finally:
+            # The emulator must keep answering while the operator shuts down gracefully.
             operator.terminate()
-            operator.wait(30)
+            try:
+                await asyncio.to_thread(operator.wait, 30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
         shards = registry_shards(emulator)
         sizes = [sum(len(k) + len(v) for k, v in data.items()) for data in shards.values()]
         results["registry_shards"] = len(shards)
