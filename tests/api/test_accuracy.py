@@ -116,7 +116,7 @@ async def test_several_processes_admit_what_the_policy_allows_and_no_more(
     pushed = params.max_admitted(int(LOAD_SECONDS * 1_000_000))
     print(f"admitted {admitted} refused {refused} over {window:.2f}s, bounds {pushed}..{bound}")
     assert other == 0
-    assert refused > admitted  # the clients really pushed past the limit
+    assert refused >= 100  # the clients kept pushing past the limit once the burst was spent
     assert admitted <= bound, f"admitted {admitted} > bound {bound} over {window:.2f}s"
     assert admitted >= 0.99 * pushed, f"admitted {admitted} < 99% of {pushed}"
 
