@@ -208,12 +208,18 @@ def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
 
 
 def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
+    """The heartbeat the liveness probe reads.
+
+    The worker's own timer refreshes it, whether or not tasks run, so it shows that the
+    worker's event loop turns. While the broker is away, Celery's reconnection loop holds that
+    event loop; a restart would not bring the broker back, so then the watcher thread (which
+    also samples queue depths) refreshes it instead, and only readiness fails.
+    """
     interval = settings.worker.heartbeat_interval_seconds
     path = settings.worker.heartbeat_file
     url = broker_url(settings)
 
-    def sample_queue_depths(stop: threading.Event) -> None:
-        """On a thread of its own: a slow or lost broker must never delay the heartbeat."""
+    def watch_broker(stop: threading.Event) -> None:
         broker = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         while not stop.wait(interval):
             try:
@@ -222,34 +228,32 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
                         pipe.llen(queue)
                     depths = pipe.execute()
             except (RedisError, OSError):
-                continue  # the readiness probe reports a lost broker
+                write_heartbeat(path)  # waiting for the broker is not being stuck
+                continue
             for queue, depth in zip(QUEUES, depths, strict=True):
                 metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
         broker.close()
 
     class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Refreshes the heartbeat file from the worker's own timer, whether or not tasks
-        run, so the liveness probe sees an idle worker as alive."""
-
         requires = {"celery.worker.components:Timer"}
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.timer_ref: Any = None
-            self.stop_sampling = threading.Event()
+            self.stop_watching = threading.Event()
 
         def start(self, parent: Any) -> None:
             write_heartbeat(path)
             self.timer_ref = parent.timer.call_repeatedly(interval, write_heartbeat, (path,))
             threading.Thread(
-                target=sample_queue_depths,
-                args=(self.stop_sampling,),
-                name="tenantry-queue-depth",
+                target=watch_broker,
+                args=(self.stop_watching,),
+                name="tenantry-broker-watch",
                 daemon=True,
             ).start()
 
         def stop(self, parent: Any) -> None:
-            self.stop_sampling.set()
+            self.stop_watching.set()
             if self.timer_ref is not None:
                 self.timer_ref.cancel()
 
