@@ -6,7 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import create_engine
@@ -65,3 +68,18 @@ async def test_audit_log_refuses_updates_and_deletes_in_postgres(database_url: s
             async with engine.begin() as connection:
                 await connection.execute(text(statement))
     await engine.dispose()
+
+
+def _differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_migrations_create_exactly_the_tables_the_code_declares(database_url: str) -> None:
+    engine = create_engine(database_url)
+    async with engine.connect() as connection:
+        differences = await connection.run_sync(_differences)
+    await engine.dispose()
+    assert differences == [], "tables.py and the migrations disagree: add a migration"

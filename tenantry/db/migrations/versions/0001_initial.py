@@ -35,7 +35,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column(
-            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
+            nullable=False,
         ),
         sa.Column("tenant_id", sa.String(length=320), nullable=True),
         sa.Column("actor", sa.String(length=128), nullable=False),
@@ -83,21 +86,24 @@ def upgrade() -> None:
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
             nullable=False,
         ),
         sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("available_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_jobs_status_enqueued", "jobs", ["status", "enqueued_at"], unique=False)
+    op.create_index("ix_jobs_status_lease", "jobs", ["status", "lease_expires_at"], unique=False)
     op.create_index(
         "ix_jobs_tenant_created", "jobs", ["tenant_id", "created_at", "id"], unique=False
     )
@@ -109,7 +115,7 @@ def upgrade() -> None:
         sa.Column(
             "flushed_at",
             sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("flush_id"),
@@ -129,7 +135,7 @@ def upgrade() -> None:
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
             nullable=False,
         ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -177,6 +183,7 @@ def downgrade() -> None:
     op.drop_table("idempotency_keys")
     op.drop_table("usage_flushes")
     op.drop_index("ix_jobs_tenant_created", table_name="jobs")
+    op.drop_index("ix_jobs_status_lease", table_name="jobs")
     op.drop_index("ix_jobs_status_enqueued", table_name="jobs")
     op.drop_table("jobs")
     op.drop_table("audit_log")
