@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Iterable, Iterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 import fastapi.routing
@@ -88,10 +91,12 @@ def create_app(
         # garbage collector's full passes, which otherwise stall requests for milliseconds.
         gc.collect()
         gc.freeze()
+        restore_sigterm = _drain_on_sigterm(runtime)
         log.info("api_started", registry_loaded=runtime.holder.loaded)
         try:
             yield
         finally:
+            restore_sigterm()
             runtime.draining = True
             gc.unfreeze()
             for task in tasks:
@@ -178,6 +183,30 @@ def app_from_environment() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
+
+
+def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:
+    """Report not-ready from the moment SIGTERM arrives, then let the server's own handler
+    (uvicorn's graceful shutdown) run as before. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        runtime.draining = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    return restore
 
 
 async def _merge_usage_forever(runtime: ApiRuntime) -> None:

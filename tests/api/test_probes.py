@@ -4,6 +4,9 @@ dependency is missing, metrics carry only bounded labels."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from types import FrameType
 
 import pytest
 
@@ -103,3 +106,26 @@ async def test_the_tenant_label_appears_only_when_enabled(
         await api.client.get("/v1/limits", headers=auth(api.key("alpha")))
         text = (await api.client.get("/metrics")).text
         assert 'tenantry_api_tenant_requests_total{tenant="team-t/alpha"} 1.0' in text
+
+
+async def test_readiness_is_503_from_the_moment_sigterm_arrives(
+    serve_api: ServeApi, database_url: str, redis_url: str
+) -> None:
+    received: list[int] = []
+
+    def server_handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)  # stands in for uvicorn's graceful shutdown
+
+    original = signal.signal(signal.SIGTERM, server_handler)
+    try:
+        async with serve_api(database_url=database_url, redis_url=redis_url) as api:
+            assert (await api.client.get("/readyz")).status_code == 200
+            os.kill(os.getpid(), signal.SIGTERM)
+            ready = await api.client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["shutdown"]["ok"] is False
+            assert received == [signal.SIGTERM]  # the server still shuts down gracefully
+            assert (await api.client.get("/livez")).status_code == 200
+        assert signal.getsignal(signal.SIGTERM) is server_handler
+    finally:
+        signal.signal(signal.SIGTERM, original)
