@@ -7,11 +7,13 @@ A router protects a route by depending on `require_scope(...)`:
         caller.tenant.tenant_id  # the authenticated tenant; never trust one from the request
 
 The dependency (1) refuses a client address that has failed authentication too often,
-(2) finds the presented key by its id in the in-memory registry and compares its hash in
-constant time, (3) refuses expired, revoked, suspended and unconfigured tenants with their own
-problem types, (4) checks the route's scopes (403 naming the missing ones), and (5) applies
-the tenant's rate limit, quota and metering in one Redis round trip. Every protected route is
-therefore limited and metered, and the response carries the rate-limit headers.
+(2) finds the presented key in the in-memory registry by the SHA-256 of the whole key (a key
+not found that way is parsed, looked up by its public id and its hash compared in constant
+time, to say precisely what is wrong with it), (3) refuses expired, revoked, suspended and
+unconfigured tenants with their own problem types, (4) checks the route's scopes (403 naming
+the missing ones), and (5) applies the tenant's rate limit, quota and metering in one Redis
+round trip. Every protected route is therefore limited and metered, and the response carries
+the rate-limit headers.
 
 Keys come from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 """
