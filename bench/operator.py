@@ -8,7 +8,8 @@
    and the time of one key lookup.
 
 The operator runs as `tenantry operator` in a process of its own (so its memory is its own),
-the emulator in this one. Usage: `python -m bench.operator [--tenants 1000] [--grow-to 10000]`.
+the emulator in this one. Usage:
+`python -m bench.operator [--tenants 1000] [--grow-to 10000] [--shards 1024]`.
 """
 
 from __future__ import annotations
@@ -245,6 +246,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--grow-to", type=int, default=10_000)
+    parser.add_argument(
+        "--shards", type=int, default=1024, help="registry shards (TENANTRY_REGISTRY__SHARD_COUNT)"
+    )
     arguments = parser.parse_args()
     random.seed(7)
+    os.environ["TENANTRY_REGISTRY__SHARD_COUNT"] = str(arguments.shards)
     print(json.dumps(asyncio.run(main(arguments.tenants, arguments.grow_to)), indent=2))
