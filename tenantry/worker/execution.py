@@ -80,6 +80,14 @@ class WorkerContext:
     publisher: JobPublisher
     limiter: ConcurrencyLimiter
     breakers: CircuitBreakers
+    # Sessions whose statements commit one by one. The claim, the lease renewal and the
+    # outcome are each a single conditional UPDATE, atomic on its own, so wrapping them in a
+    # transaction only adds BEGIN and COMMIT round trips. None: use `sessions`.
+    statements: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def single_statements(self) -> async_sessionmaker[AsyncSession]:
+        return self.statements or self.sessions
 
 
 # SQLSTATE classes meaning "no usable connection now": 08 connection exception, 57 operator
@@ -171,7 +179,7 @@ async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
     """Give a claimed job back (no free slot, or no registry yet) and send it again later;
     the attempt does not count. A cancel that came in meanwhile ends it instead."""
     cancelled = Job.cancel_requested.is_(True)
-    async with context.sessions() as session, session.begin():
+    async with context.single_statements() as session, session.begin():
         returned = await session.scalar(
             update(Job)
             .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == JobStatus.RUNNING)
@@ -200,7 +208,7 @@ async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
 
 async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
     now = _now()
-    async with context.sessions() as session, session.begin():
+    async with context.single_statements() as session, session.begin():
         job = await session.scalar(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempt)
@@ -252,7 +260,7 @@ class _Lease:
                 return
 
     async def _renew(self) -> bool:
-        async with self.context.sessions() as session, session.begin():
+        async with self.context.single_statements() as session, session.begin():
             cancel = await session.scalar(
                 update(Job)
                 .where(
@@ -373,7 +381,7 @@ async def _record(
         values |= {"status": JobStatus(verdict.value), "finished_at": now}
 
     async def write() -> bool:
-        async with context.sessions() as session, session.begin():
+        async with context.single_statements() as session, session.begin():
             written = await session.scalar(
                 update(Job)
                 .where(

@@ -52,11 +52,14 @@ class WorkerRuntime:
         self._thread.start()
         self.holder = RegistryHolder()
         self.engine = create_engine(settings.database_url, pool_size=4)
+        # Claims, lease renewals and outcomes: one statement each, two round trips in autocommit.
+        self.statement_engine = create_engine(settings.database_url, pool_size=2, autocommit=True)
         self.redis = create_redis(settings.redis_url, timeout_seconds=5.0, max_connections=16)
         worker = settings.worker
         self.context = WorkerContext(
             settings=worker,
             sessions=session_factory(self.engine),
+            statements=session_factory(self.statement_engine),
             kinds=kinds or JobKinds.discover(),
             registry=self.holder,
             publisher=publisher,
@@ -94,6 +97,7 @@ class WorkerRuntime:
         async def dispose() -> None:
             await self.redis.aclose()
             await self.engine.dispose()
+            await self.statement_engine.dispose()
 
         self.call(dispose())
         self.loop.call_soon_threadsafe(self.loop.stop)
