@@ -3,7 +3,9 @@ inside the commands, so `tenantry --help` stays fast."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -59,6 +61,7 @@ def dev_command(
     from tenantry.db.migrate import upgrade
     from tenantry.logs import configure_logging
     from tenantry.sources.files import source_from_settings
+    from tenantry.worker.inprocess import install_dev_jobs
 
     settings = get_settings()
     if manifests:
@@ -80,8 +83,10 @@ def dev_command(
         raise typer.Exit(1) from error
     upgrade(settings.database_url)
     _print_welcome(settings, reconciled.registry, reconciled.keys)
+    app = create_app(settings, source=source)
+    install_dev_jobs(app)  # jobs, the outbox and housekeeping run in this process
     uvicorn.run(
-        create_app(settings, source=source),
+        app,
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop",
@@ -137,3 +142,13 @@ def _print_welcome(
         f"  for i in $(seq {burst + 2}); do curl -s -o /dev/null -w '%{{http_code}} ' "
         f"{header} {url}/v1/limits; done; echo\n"
     )
+    today = datetime.now(UTC).date()
+    export = json.dumps(
+        {"kind": "usage.export", "payload": {"start": str(today.replace(day=1)), "end": str(today)}}
+    )
+    typer.echo("Submit a job (it runs in this process), then read its status and result:")
+    typer.echo(
+        f"  curl -s -X POST {header} -H 'Idempotency-Key: demo-1' "
+        f"-H 'Content-Type: application/json' -d '{export}' {url}/v1/jobs"
+    )
+    typer.echo(f"  curl -s {header} {url}/v1/jobs/<id>/result")
