@@ -280,10 +280,21 @@ class Reconciler:
         """Limits of a tenant whose policy is gone: the last ones it was served with, unless
         that policy was `failureMode: closed` (then its keys are refused, as Redis being down
         would refuse them). A tier deleted by mistake so does not take its tenants offline."""
-        previous = self.limits.get(tenant_id)
+        previous = self.limits.get(tenant_id) or self._limits_in_registry(tenant_id)
         if previous is None or previous.failure_mode is FailureMode.CLOSED:
             return None
         return previous
+
+    def _limits_in_registry(self, tenant_id: str) -> EffectiveLimits | None:
+        """The limits the registry serves for a tenant (after a restart, the only memory)."""
+        value = self.shards.get(self.shard_of(tenant_id), {}).get(tenant_data_key(tenant_id))
+        if value is None:
+            return None
+        try:
+            text = desired.secret_strings({"data": {"entry": value}})["entry"]
+            return TenantEntry.model_validate_json(text).limits
+        except ValueError:
+            return None  # a damaged entry: nothing to keep
 
     async def _invalid_tenant(self, body: Body, message: str) -> TenantOutcome:
         """No retry: a spec only a new edit can fix is reported once and left alone."""

@@ -539,3 +539,21 @@ async def test_hpas_follow_reserved_capacity_and_drift_is_put_back(
     await eventually(lambda: api_hpa_min(2), what="edited HPA put back")
     await cluster.delete("horizontalpodautoscalers", cluster.platform_namespace, "tenantry-api")
     await eventually(lambda: api_hpa_min(2), what="deleted HPA recreated")
+
+
+async def test_policy_deleted_while_the_operator_was_down_keeps_the_last_limits(
+    cluster: Cluster,
+) -> None:
+    await cluster.create("ratelimitpolicies", cluster.platform_namespace, policy("open"))
+    async with running_operator(operator_settings(cluster)):
+        await ready_tenant(cluster, "acme", policyRef={"name": "open"})
+        await eventually(lambda: entry_of(cluster, "acme"), what="entry")
+
+    await cluster.delete("ratelimitpolicies", cluster.platform_namespace, "open")
+
+    async with running_operator(operator_settings(cluster)):
+        await tenant_with(cluster, "acme", "Ready", "False", "PolicyNotFound")
+        entry = await entry_of(cluster, "acme")
+        assert entry is not None
+        assert entry.limits is not None
+        assert entry.limits.requests_per_minute == 600
