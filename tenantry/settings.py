@@ -61,7 +61,15 @@ class RegistrySettings(BaseModel):
     manifests: list[Path] = Field(
         default=[Path("examples")], description="Files or folders the file source reads."
     )
-    shard_count: int = Field(default=64, ge=1, le=4096)
+    shard_count: int = Field(
+        default=1024,
+        ge=1,
+        le=4096,
+        description=(
+            "Registry Secrets the tenants are spread over. Many small shards keep each write, "
+            "and its watch echo, small; a shard is only created once a tenant lands in it."
+        ),
+    )
     keys_file: Path = Field(
         default=Path(".tenantry-dev/keys.json"),
         description="Where the file source keeps issued keys, so they survive restarts.",
