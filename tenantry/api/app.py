@@ -98,6 +98,7 @@ def create_app(
         finally:
             restore_sigterm()
             runtime.draining = True
+            runtime.access_log.flush()
             gc.unfreeze()
             for task in tasks:
                 task.cancel()

@@ -5,6 +5,7 @@ per-request admission step that auth's dependency calls. One instance per app, k
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import MutableMapping
@@ -19,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.api.access_log import AccessLog
 from tenantry.api.auth import (
     AuthFailureLimiter,
     Caller,
@@ -76,6 +78,7 @@ class ApiRuntime:
         self.pipelined = pipelined
         self.tracer = tracer
         self.metrics = ApiMetrics(tenant_label=settings.api.tenant_metrics_label)
+        self.access_log = AccessLog(sys.stdout)
         self.holder = RegistryHolder(on_swap=self._on_swap)
         self.usage = LocalUsage(settings.api.local_usage_max_entries, self.metrics)
         self.limiter = RequestLimiter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -166,6 +167,7 @@ async def test_the_access_log_has_one_line_per_request_and_no_key_material(
             capsys.readouterr()
             await api.client.get("/v1/limits", headers={**auth(key), "X-Request-ID": "log-test-1"})
             await api.client.get("/v1/limits", headers=auth(key[:-1] + "Z"))
+            await asyncio.sleep(0)  # lines are written once per event-loop iteration
             lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     finally:
         logging.getLogger().handlers.clear()
