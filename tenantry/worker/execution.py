@@ -179,23 +179,29 @@ async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
     """Give a claimed job back (no free slot, or no registry yet) and send it again later;
     the attempt does not count. A cancel that came in meanwhile ends it instead."""
     cancelled = Job.cancel_requested.is_(True)
-    async with context.single_statements() as session, session.begin():
-        returned = await session.scalar(
-            update(Job)
-            .where(Job.id == job.id, Job.attempts == job.attempts, Job.status == JobStatus.RUNNING)
-            .values(
-                status=case(
-                    (cancelled, literal(JobStatus.CANCELLED, Job.status.type)),
-                    else_=literal(JobStatus.QUEUED, Job.status.type),
-                ),
-                attempts=Job.attempts - 1,
-                started_at=None,
-                lease_expires_at=None,
-                finished_at=case((cancelled, func.now()), else_=None),
+
+    async def give_back() -> Job | None:
+        async with context.single_statements() as session, session.begin():
+            return await session.scalar(
+                update(Job)
+                .where(
+                    Job.id == job.id, Job.attempts == job.attempts, Job.status == JobStatus.RUNNING
+                )
+                .values(
+                    status=case(
+                        (cancelled, literal(JobStatus.CANCELLED, Job.status.type)),
+                        else_=literal(JobStatus.QUEUED, Job.status.type),
+                    ),
+                    attempts=Job.attempts - 1,
+                    started_at=None,
+                    lease_expires_at=None,
+                    finished_at=case((cancelled, func.now()), else_=None),
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False)
             )
-            .returning(Job)
-            .execution_options(synchronize_session=False)
-        )
+
+    returned = await _with_database(context.settings, job.id, give_back)
     if returned is None or returned.status != JobStatus.QUEUED:
         return Verdict.STALE
     pause = context.settings.concurrency_retry_seconds
@@ -208,19 +214,27 @@ async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
 
 async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
     now = _now()
-    async with context.single_statements() as session, session.begin():
-        job = await session.scalar(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempt)
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                started_at=now,
-                lease_expires_at=now + timedelta(seconds=context.settings.job_lease_seconds),
+
+    async def claim() -> Job | None:
+        async with context.single_statements() as session, session.begin():
+            return await session.scalar(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempt)
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    lease_expires_at=now + timedelta(seconds=context.settings.job_lease_seconds),
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False)
             )
-            .returning(Job)
-            .execution_options(synchronize_session=False)
-        )
+
+    # Retried like the outcome: the statement engine does not ping connections it hands
+    # out, so a connection PostgreSQL dropped shows up here, once, and the retry gets a
+    # fresh one (a claim that did commit before its reply was lost finds nothing the
+    # second time, and its lease lapses as if this worker had died).
+    job = await _with_database(context.settings, job_id, claim)
     if job is not None:
         due = job.available_at or job.created_at
         if due.tzinfo is None:  # SQLite (`tenantry dev`) stores UTC without an offset

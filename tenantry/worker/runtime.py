@@ -52,8 +52,11 @@ class WorkerRuntime:
         self._thread.start()
         self.holder = RegistryHolder()
         self.engine = create_engine(settings.database_url, pool_size=4)
-        # Claims, lease renewals and outcomes: one statement each, two round trips in autocommit.
-        self.statement_engine = create_engine(settings.database_url, pool_size=2, autocommit=True)
+        # Claims, lease renewals and outcomes: one statement each, in autocommit and without a
+        # ping (`execution` retries them on a lost connection), so one round trip each.
+        self.statement_engine = create_engine(
+            settings.database_url, pool_size=2, autocommit=True, pre_ping=False
+        )
         self.redis = create_redis(settings.redis_url, timeout_seconds=5.0, max_connections=16)
         worker = settings.worker
         self.context = WorkerContext(
