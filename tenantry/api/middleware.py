@@ -15,9 +15,9 @@ Work that can be done once (header tuples, compiled patterns, metric children) i
 
 from __future__ import annotations
 
-import os
 import re
 import time
+from random import getrandbits
 from typing import Any
 
 from opentelemetry.trace import Span, SpanKind, StatusCode
@@ -96,7 +96,8 @@ class ApiMiddleware:
             elif name == b"access-control-request-method":
                 preflight = True
         if request_id is None:
-            request_id = trace_id or os.urandom(16).hex()
+            # Unique, not secret: the cheap generator, not a system call per request.
+            request_id = trace_id or f"{getrandbits(128):032x}"
         context = RequestContext(request_id, trace_id)
         scope["tenantry"] = context
         status = 500
@@ -105,16 +106,19 @@ class ApiMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
-                headers += SECURITY_HEADERS
-                headers.append((b"x-request-id", request_id.encode()))
-                headers += context.rate_headers
-                headers += context.extra_headers
+                headers = [
+                    *message.get("headers", ()),
+                    *SECURITY_HEADERS,
+                    (b"x-request-id", request_id.encode()),
+                    *context.rate_headers,
+                ]
+                if context.extra_headers:
+                    headers += context.extra_headers
                 if context.caller is not None:
                     headers.append(NO_STORE)
                 if origin is not None:
                     headers += self._cors(origin, context)
-                message = {**message, "headers": headers}
+                message["headers"] = headers
             await send(message)
 
         span = (
