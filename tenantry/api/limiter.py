@@ -31,7 +31,12 @@ import redis.asyncio as aioredis
 import structlog
 
 from tenantry.api.metrics import ApiMetrics
-from tenantry.api.redis_pipeline import PipelinedRedis, RedisReplyError, RedisUnavailableError
+from tenantry.api.redis_pipeline import (
+    PipelinedRedis,
+    RedisReplyError,
+    RedisUnavailableError,
+    pack,
+)
 from tenantry.contract.policy import GcraParams, gcra_decide, gcra_params
 from tenantry.contract.registry import TenantEntry
 from tenantry.contract.resources import EffectiveLimits, FailureMode
@@ -353,11 +358,16 @@ class RequestLimiter:
         self._redis_down_until = 0.0
         self._month = _Month()
         self._decision_series: dict[tuple[str, bool], Any] = {}
+        # (tenant, route) → (minute, the EVALSHA command encoded for that minute): the
+        # arguments change only with the minute (and the month), so they are encoded once.
+        self._packed: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.redis_healthy = redis is not None
 
     def forget(self) -> None:
-        """Drop cached refusals (limits may have changed with a new registry)."""
+        """Drop cached refusals and encoded calls (limits may have changed with a new
+        registry)."""
         self._denied.clear()
+        self._packed = {}
 
     async def decide(self, spec: LimitSpec) -> Decision:
         wall = time.time()
@@ -407,14 +417,21 @@ class RequestLimiter:
     async def _call_script(self, spec: LimitSpec, wall: float) -> Decision:
         assert self._redis is not None
         minute = minute_of(wall)
-        args = script_arguments(spec, minute, self._month.name)
+        cell = (spec.tenant_id, spec.route)
+        cached = self._packed.get(cell)
+        if cached is not None and cached[0] == minute:
+            packed = cached[1]
+        else:
+            args = script_arguments(spec, minute, self._month.name)
+            packed = pack([b"EVALSHA", SCRIPT_SHA, *args])
+            self._packed[cell] = (minute, packed)
         try:
-            reply = await self._redis.execute(b"EVALSHA", SCRIPT_SHA, *args)
+            reply = await self._redis.execute_packed(packed)
         except RedisReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             await self._redis.execute(b"SCRIPT", b"LOAD", SCRIPT)
-            reply = await self._redis.execute(b"EVALSHA", SCRIPT_SHA, *args)
+            reply = await self._redis.execute_packed(packed)
         return decision_from_reply(reply)
 
     # --- without Redis -----------------------------------------------------------------

@@ -141,6 +141,14 @@ class PipelinedRedis:
             connection = await self._connect()
         return await connection.call(pack(args))
 
+    async def execute_packed(self, packed: bytes) -> Any:
+        """`execute` for a command already RESP-encoded by `pack` (callers that send the
+        same command many times encode it once)."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        return await connection.call(packed)
+
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._open())
