@@ -130,7 +130,8 @@ def test_every_component_environment_is_accepted_by_settings(
             assert settings.registry.source == "kubernetes"
         if container["name"] == "operator":
             assert settings.operator.namespaces == ["team-a", "team-b"]
-            assert settings.operator.standalone is True
+            assert settings.operator.standalone is False
+            assert settings.operator.peering_name.startswith("tenantry")
 
 
 def _api_app() -> Any:

@@ -24,10 +24,12 @@ def _kubernetes_errors(obj: dict[str, Any], version: str = KUBE_VERSION) -> str 
     return None
 
 
+# Custom resources the chart renders: checked against their CRDs, not Kubernetes' schemas.
+CUSTOM_KINDS = ("ApiPlatform", "ServiceMonitor", "ClusterKopfPeering", "KopfPeering")
+
+
 def test_every_builtin_object_passes_the_strict_kubernetes_schema(rendered: Rendered) -> None:
-    builtin = [
-        obj for obj in rendered.objects if obj["kind"] not in ("ApiPlatform", "ServiceMonitor")
-    ]
+    builtin = [obj for obj in rendered.objects if obj["kind"] not in CUSTOM_KINDS]
     errors = [error for obj in builtin if (error := _kubernetes_errors(obj))]
     assert not errors, "\n".join(errors)
 
@@ -36,7 +38,7 @@ def test_the_oldest_supported_kubernetes_accepts_every_object(chart: Chart) -> N
     floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
     oldest = floor.removeprefix(">=").removesuffix("-0")
     prod = chart.render("-f", str(CHART / "values-prod.yaml"), "--kube-version", oldest)
-    builtin = [obj for obj in prod.objects if obj["kind"] != "ApiPlatform"]
+    builtin = [obj for obj in prod.objects if obj["kind"] not in CUSTOM_KINDS]
     errors = [error for obj in builtin if (error := _kubernetes_errors(obj, oldest))]
     assert not errors, "\n".join(errors)
 
@@ -98,7 +100,13 @@ def test_include_crds_renders_every_custom_resource_definition(chart: Chart) -> 
         crd["spec"]["names"]["kind"]
         for crd in chart.values_set("minimal").of_kind("CustomResourceDefinition")
     }
-    assert kinds == {"ApiTenant", "RateLimitPolicy", "ApiPlatform"}
+    assert kinds == {
+        "ApiTenant",
+        "RateLimitPolicy",
+        "ApiPlatform",
+        "ClusterKopfPeering",
+        "KopfPeering",
+    }
 
 
 def test_the_operator_owns_autoscaling_so_helm_renders_no_hpa_and_no_replicas(
@@ -171,3 +179,34 @@ def test_every_service_selects_a_rendered_pod_template(rendered: Rendered) -> No
     for service in rendered.of_kind("Service"):
         selector = service["spec"]["selector"].items()
         assert any(selector <= labels.items() for labels in templates), service["metadata"]["name"]
+
+
+def test_the_operator_peers_through_a_peering_object_named_after_the_release(
+    chart: Chart,
+) -> None:
+    minimal = chart.values_set("minimal")
+    (peering,) = minimal.of_kind("ClusterKopfPeering")
+    assert crd_errors(peering) == []
+    (operator,) = [
+        d for d in minimal.of_kind("Deployment") if d["metadata"]["name"].endswith("-operator")
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["TENANTRY_OPERATOR__STANDALONE"] == "false"
+    assert env["TENANTRY_OPERATOR__PEERING_NAME"] == peering["metadata"]["name"]
+
+
+def test_an_operator_limited_to_namespaces_peers_in_each_of_them(chart: Chart) -> None:
+    rendered = chart.render("--set", "operator.watchNamespaces={team-a,team-b}")
+    assert rendered.of_kind("ClusterKopfPeering") == []
+    namespaces = sorted(p["metadata"]["namespace"] for p in rendered.of_kind("KopfPeering"))
+    assert namespaces == sorted(
+        ["team-a", "team-b", rendered.of_kind("ApiPlatform")[0]["metadata"]["namespace"]]
+    )
+
+
+def test_a_standalone_operator_renders_no_peering(chart: Chart) -> None:
+    rendered = chart.render("--set", "operator.standalone=true")
+    assert rendered.of_kind("ClusterKopfPeering") == rendered.of_kind("KopfPeering") == []

@@ -96,6 +96,13 @@ def crd_errors(manifest: dict[str, Any]) -> list[str]:
     schema = crd_schemas().get(manifest.get("kind", ""))
     if schema is None:
         return [f"kind: no CRD for {manifest.get('kind')!r}"]
+    # Every object may carry these, whether or not its CRD's schema names them.
+    envelope = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+    }
+    schema = {**schema, "properties": {**envelope, **schema.get("properties", {})}}
     value = _apply_defaults(schema, copy.deepcopy(manifest))
     validator = jsonschema.Draft4Validator(
         _closed(schema), format_checker=jsonschema.FormatChecker()
