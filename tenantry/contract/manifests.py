@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from tenantry.contract.policy import effective_limits
 from tenantry.contract.resources import (
     API_VERSION,
+    GROUP,
     ApiPlatform,
     ApiTenant,
     RateLimitPolicy,
@@ -95,6 +96,14 @@ class ManifestSet:
         return self.policies.get((ref.namespace or platform_namespace, ref.name))
 
 
+def _is_ours(document: Any) -> bool:
+    """Objects of other API groups (the tenants' Namespaces, say) may share the files; a
+    document of ours with a wrong version or kind is still checked, and refused."""
+    if not isinstance(document, dict):
+        return True
+    return str(document.get("apiVersion", "")).split("/")[0] in ("", GROUP)
+
+
 def _manifest_files(paths: Iterable[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
@@ -121,7 +130,7 @@ def load_manifests(paths: Iterable[Path], platform_namespace: str) -> ManifestSe
             problems.append(f"{file}: {error}")
             continue
         for index, document in enumerate(documents, start=1):
-            if document is None:
+            if document is None or not _is_ours(document):
                 continue
             where = f"{file} (document {index}"
             if isinstance(document, dict):

@@ -223,3 +223,14 @@ def test_every_problem_in_a_file_is_reported_with_its_location(tmp_path: Path) -
         [f"{path} (document 1, RateLimitPolicy standard)", "spec.requestsPerMinute"],
         [f"{path} (document 2, ApiTenant acme)", "spec.suspended"],
     ]
+
+
+def test_other_kinds_in_the_files_are_left_alone_but_a_mistyped_version_of_ours_is_not(
+    tmp_path: Path,
+) -> None:
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}
+    path = _write(tmp_path, namespace, POLICY, TENANT)
+    assert len(load_manifests([path], "tenantry-system").tenants) == 1
+    mistyped = _with(TENANT, "apiVersion", "tenantry.io/v1alpah1")
+    with pytest.raises(ManifestError, match=r"apiVersion: expected 'tenantry\.io/v1alpha1'"):
+        load_manifests([_write(tmp_path, POLICY, mistyped)], "tenantry-system")
