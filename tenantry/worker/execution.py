@@ -158,6 +158,7 @@ async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -
     if not acquired:
         metrics.CONCURRENCY_DEFERRED.inc()
         return await _unclaim(context, job)
+    slot = _Slot(context.limiter, job.tenant_id, holder)
     try:
         job_context = JobContext(
             job_id=job_id,
@@ -167,12 +168,30 @@ async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -
             sessions=context.sessions,
             breakers=context.breakers,
         )
-        return await _run_claimed(context, job, kind, job_context)
+        return await _run_claimed(context, job, kind, job_context, slot)
     finally:
+        await slot.release()
+
+
+class _Slot:
+    """The tenant slot a running job holds, released once: alongside the outcome write when
+    the job succeeded (its work is over, so the slot is no longer in use), else on the way
+    out of `execute_job`."""
+
+    def __init__(self, limiter: ConcurrencyLimiter, tenant_id: str, holder: str) -> None:
+        self.limiter = limiter
+        self.tenant_id = tenant_id
+        self.holder = holder
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
         try:
-            await context.limiter.release(job.tenant_id, holder)
+            await self.limiter.release(self.tenant_id, self.holder)
         except RedisError as error:  # the lease lapses by itself
-            log.warning("job.slot_release_failed", job_id=holder, error=str(error))
+            log.warning("job.slot_release_failed", job_id=self.holder, error=str(error))
 
 
 async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
@@ -292,7 +311,7 @@ class _Lease:
 
 
 async def _run_claimed(
-    context: WorkerContext, job: Job, kind: JobKind[Any], job_context: JobContext
+    context: WorkerContext, job: Job, kind: JobKind[Any], job_context: JobContext, slot: _Slot
 ) -> Verdict:
     bound = log.bind(
         job_id=str(job.id),
@@ -333,15 +352,21 @@ async def _run_claimed(
         metrics.JOB_DURATION.labels(kind=job.kind).observe(
             asyncio.get_running_loop().time() - started
         )
-        return await _record(context, job, Verdict.SUCCEEDED, result=result)
+        # The keeper stops first, so no renewal can take the slot back after its release.
+        await _stop(keeper)
+        return await _record(context, job, Verdict.SUCCEEDED, result=result, slot=slot)
     finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        await _stop(keeper)
     bound.warning("job.attempt_failed", error=error_text, retry_after=retry_after)
     if lease.cancelled_by_tenant:
         return await _record(context, job, Verdict.CANCELLED, last_error="cancelled while running")
     return await _record_failure(context, job, error_text, retry=retry, retry_after=retry_after)
+
+
+async def _stop(keeper: asyncio.Task[None]) -> None:
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
 
 
 async def _record_failure(
@@ -372,8 +397,10 @@ async def _record(
     result: JobResult | None = None,
     last_error: str | None = None,
     delay: float = 0.0,
+    slot: _Slot | None = None,
 ) -> Verdict:
-    """Write the attempt's outcome, if the attempt is still this worker's."""
+    """Write the attempt's outcome, if the attempt is still this worker's, giving up `slot`
+    meanwhile (the Redis and PostgreSQL round trips overlap)."""
     now = _now()
     values: dict[str, Any] = {"lease_expires_at": None, "last_error": last_error}
     if verdict is Verdict.SUCCEEDED:
@@ -411,7 +438,12 @@ async def _record(
         return written is not None
 
     try:
-        written = await _with_database(context.settings, job.id, write)
+        if slot is None:
+            written = await _with_database(context.settings, job.id, write)
+        else:
+            written, _ = await asyncio.gather(
+                _with_database(context.settings, job.id, write), slot.release()
+            )
     except DATABASE_DOWN as error:
         log.error("job.outcome_lost", job_id=str(job.id), verdict=verdict.value, error=str(error))
         return Verdict.ABANDONED
