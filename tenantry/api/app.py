@@ -122,6 +122,11 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         redoc_url=None,
+        # The API makes its own spans (`tenantry.api.tracing`), metrics and access log;
+        # FastAPI's built-in OpenTelemetry would only add a second server span per request
+        # under a global provider, and without one it still checks the providers (three
+        # environment lookups) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     install_problem_handlers(app)
