@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -231,23 +231,38 @@ async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
     return Verdict.DEFERRED
 
 
+# Built once: constructing the statement was a third of a no-op job's CPU time in the worker.
+CLAIM = (
+    update(Job)
+    .where(
+        Job.id == bindparam("job_id", type_=Job.id.type),
+        Job.status == JobStatus.QUEUED,
+        Job.attempts == bindparam("attempt", type_=Job.attempts.type),
+    )
+    .values(
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        started_at=bindparam("now", type_=Job.started_at.type),
+        lease_expires_at=bindparam("lease_expires_at", type_=Job.lease_expires_at.type),
+    )
+    .returning(Job)
+    .execution_options(synchronize_session=False)
+)
+
+
 async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
     now = _now()
 
+    parameters = {
+        "job_id": job_id,
+        "attempt": attempt,
+        "now": now,
+        "lease_expires_at": now + timedelta(seconds=context.settings.job_lease_seconds),
+    }
+
     async def claim() -> Job | None:
         async with context.single_statements() as session, session.begin():
-            return await session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == attempt)
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    started_at=now,
-                    lease_expires_at=now + timedelta(seconds=context.settings.job_lease_seconds),
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
-            )
+            return await session.scalar(CLAIM, parameters)
 
     # Retried like the outcome: the statement engine does not ping connections it hands
     # out, so a connection PostgreSQL dropped shows up here, once, and the retry gets a
