@@ -84,6 +84,8 @@ def create_app(
         tasks = [asyncio.create_task(registry_from.run(runtime.holder), name="registry")]
         if redis is not None:
             tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
+        if runtime.refusals is not None:
+            tasks.append(asyncio.create_task(runtime.refusals.run(), name="refusal-audit"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FIRST_REGISTRY_WAIT_SECONDS):
                 await runtime.registry_ready.wait()

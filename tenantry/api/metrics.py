@@ -52,6 +52,12 @@ class ApiMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.refusals_not_audited = Counter(
+            "tenantry_api_refusals_not_audited",
+            "Sampled key refusals that did not reach the audit trail, by cause.",
+            ["cause"],
+            registry=self.registry,
+        )
         self.redis_errors = Counter(
             "tenantry_api_redis_errors",
             "Redis calls that failed or timed out, by operation.",

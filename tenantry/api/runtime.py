@@ -39,8 +39,10 @@ from tenantry.api.problems import (
     ProblemError,
 )
 from tenantry.api.redis_pipeline import PipelinedRedis
+from tenantry.api.refusals import RefusalAudit
 from tenantry.contract.registry import KeyRecord, Registry
 from tenantry.contract.resources import Scope
+from tenantry.db.engine import session_factory
 from tenantry.db.migrate import is_at_head
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
@@ -83,6 +85,11 @@ class ApiRuntime:
         self.usage = LocalUsage(settings.api.local_usage_max_entries, self.metrics)
         self.limiter = RequestLimiter(
             pipelined, replicas=settings.api.replicas, usage=self.usage, metrics=self.metrics
+        )
+        self.refusals = (
+            RefusalAudit(session_factory(engine), self.metrics.refusals_not_audited)
+            if engine is not None
+            else None
         )
         self.auth_failures = AuthFailureLimiter(
             settings.api.auth_failures_per_minute, settings.api.auth_failures_burst
@@ -146,6 +153,8 @@ class ApiRuntime:
             if error.status_code == 401:
                 self.auth_failures.record_failure(address)
             self.metrics.auth_failures.labels(error.kind.slug).inc()
+            if self.refusals is not None:
+                self.refusals.offer(address, error.kind.slug, presented, context.request_id)
             raise
         tenant = record.tenant
         assert tenant.limits is not None  # authenticate refuses tenants without limits

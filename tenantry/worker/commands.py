@@ -142,7 +142,7 @@ def beat() -> None:
 def audit_verify() -> None:
     """Check the audit trail's hash chain; exit 1 naming the first row that fails."""
     from tenantry.db.engine import create_engine, session_factory
-    from tenantry.worker.audit import ChainReport, verify_chain
+    from tenantry.audit import ChainReport, verify_chain
 
     async def check() -> ChainReport:
         engine = create_engine(get_settings().database_url)

@@ -26,7 +26,7 @@ from tenantry.contract.registry import TenantEntry
 from tenantry.db.tables import IdempotencyKey, Job, JobStatus
 from tenantry.settings import WorkerSettings
 from tenantry.worker import metrics
-from tenantry.worker.audit import append_audit
+from tenantry.audit import append_audit
 from tenantry.worker.kinds import JobKinds
 from tenantry.worker.queueing import JobMessage, JobPublisher, PublishError
 

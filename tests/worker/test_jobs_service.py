@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tenantry.db.tables import AuditEntry, Job, JobStatus
-from tenantry.worker.audit import verify_chain
+from tenantry.audit import verify_chain
 from tenantry.worker.jobs_service import (
     IdempotencyKeyReusedError,
     InvalidCursorError,
