@@ -36,13 +36,14 @@ from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_k
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.migrate import upgrade
 from tenantry.db.tables import Job, JobStatus
+from tenantry.jobs.broker import CeleryPublisher
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.service import JobsService, JobSubmission
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
-from tenantry.worker.celery_app import CeleryPublisher, create_celery
+from tenantry.worker.celery_app import create_celery
 from tenantry.worker.flush import UsageFlusher
-from tenantry.worker.jobs_service import JobsService, JobSubmission
-from tenantry.worker.kinds import JobKinds
 from tests.harness.servers import PostgresProcess, RedisProcess, free_port
 
 WORKER_PROCESSES = 2

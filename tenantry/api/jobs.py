@@ -1,6 +1,6 @@
 """`/v1/jobs`: submit, read, list, cancel and fetch the result of the caller's jobs.
 
-The router is thin on purpose: `tenantry.worker.jobs_service` holds the rules (idempotency,
+The router is thin on purpose: `tenantry.jobs.service` holds the rules (idempotency,
 tenant scoping, the atomic cancel), and this module maps them to HTTP. The tenant always comes
 from the authenticated key, never from the request, so a tenant cannot name another's job.
 """
@@ -29,7 +29,8 @@ from tenantry.api.v1 import AUTH_PROBLEMS
 from tenantry.contract.resources import Scope
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import JobStatus
-from tenantry.worker.jobs_service import (
+from tenantry.jobs.kinds import InvalidPayloadError, JobKinds, UnknownJobKindError
+from tenantry.jobs.service import (
     MAX_PAGE_SIZE,
     IdempotencyKeyReusedError,
     InvalidCursorError,
@@ -41,7 +42,6 @@ from tenantry.worker.jobs_service import (
     TenantCannotRunJobsError,
     job_view,
 )
-from tenantry.worker.kinds import InvalidPayloadError, JobKinds, UnknownJobKindError
 
 JOB_NOT_FOUND = ProblemKind("job-not-found", 404, "No such job")
 JOB_ALREADY_ENDED = ProblemKind("job-already-ended", 409, "The job has already ended")
@@ -120,11 +120,11 @@ def jobs_service(request: Request) -> JobsService:
     if service is not None:
         return service
     runtime: ApiRuntime = request.app.state.runtime
-    from tenantry.worker.celery_app import CeleryPublisher, create_celery
+    from tenantry.jobs.broker import CeleryPublisher, broker_app
 
     try:
         kinds = JobKinds.discover()
-        publisher = CeleryPublisher(create_celery(runtime.settings, kinds))
+        publisher = CeleryPublisher(broker_app(runtime.settings))
     except ValueError as error:
         raise ProblemError(JOBS_UNAVAILABLE, str(error)) from error
     if runtime.engine is None:

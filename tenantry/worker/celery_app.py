@@ -18,7 +18,6 @@ the hard one is Celery's `time_limit` on each message, which kills the process r
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from typing import Any
@@ -27,79 +26,31 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
-from kombu.entity import Exchange, Queue
-from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from tenantry.contract.resources import JobPriority
+from tenantry.jobs.broker import (
+    MAINTENANCE_QUEUE,
+    QUEUES,
+    RUN_JOB,
+    CeleryPublisher,
+    broker_app,
+    broker_url,
+)
+from tenantry.jobs.kinds import JobKinds
 from tenantry.settings import Settings
 from tenantry.worker import metrics
-from tenantry.worker.kinds import JobKinds
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
 from tenantry.worker.probes import write_heartbeat
-from tenantry.worker.queueing import JobMessage, PublishError
 from tenantry.worker.runtime import WorkerRuntime
 
 log = structlog.get_logger("tenantry.worker")
 
-MAINTENANCE_QUEUE = "maintenance"
-# Consumed in this order ("priority" strategy): housekeeping first, then by job priority.
-QUEUES = (
-    MAINTENANCE_QUEUE,
-    JobPriority.HIGH.queue,
-    JobPriority.DEFAULT.queue,
-    JobPriority.LOW.queue,
-)
-RUN_JOB = "tenantry.run_job"
 FLUSH_USAGE = "tenantry.flush_usage"
 SWEEP_OUTBOX = "tenantry.sweep_outbox"
 TRIM_IDEMPOTENCY = "tenantry.trim_idempotency"
-# Publishing gives up fast when the broker is away: the outbox sends the job later.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def broker_url(settings: Settings) -> str:
-    url = settings.worker.broker_url or settings.redis_url
-    if not url:
-        raise ValueError(
-            "no broker: set TENANTRY_REDIS_URL or TENANTRY_WORKER__BROKER_URL "
-            "(`tenantry dev` runs jobs in process instead)"
-        )
-    return url
-
-
-class CeleryPublisher:
-    """`JobPublisher` onto the Celery broker."""
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-
-    def publish_now(self, message: JobMessage) -> None:
-        try:
-            self.app.send_task(
-                RUN_JOB,
-                args=[str(message.job_id), message.attempt],
-                queue=message.queue,
-                countdown=message.countdown_seconds or None,
-                time_limit=message.time_limit_seconds,
-                headers={"request_id": message.request_id, "traceparent": message.trace_context},
-                retry=True,
-                retry_policy=PUBLISH_RETRY,
-            )
-        except (KombuError, RedisError, OSError) as error:
-            raise PublishError(f"broker refused job {message.job_id}: {error}") from error
-
-    async def publish(self, message: JobMessage) -> None:
-        await asyncio.to_thread(self.publish_now, message)
 
 
 _runtime: WorkerRuntime | None = None
-
-
-def _queue(name: str) -> Queue:
-    """A queue with its own direct exchange and routing key, so a message sent to one queue
-    lands in that queue only."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
@@ -111,24 +62,15 @@ def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
             f"exceed the longest job time limit ({kinds.longest_time_limit:g}s), or a running "
             "job would be delivered a second time"
         )
-    app = Celery("tenantry", broker=broker_url(settings), set_as_current=True)
+    app = broker_app(settings)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_queues=[_queue(name) for name in QUEUES],
-        task_default_queue=JobPriority.DEFAULT.queue,
         task_routes={
             FLUSH_USAGE: {"queue": MAINTENANCE_QUEUE},
             SWEEP_OUTBOX: {"queue": MAINTENANCE_QUEUE},
             TRIM_IDEMPOTENCY: {"queue": MAINTENANCE_QUEUE},
-        },
-        broker_transport_options={
-            "visibility_timeout": worker.visibility_timeout_seconds,
-            "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -56,7 +56,7 @@ def worker(
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from tenantry.worker.celery_app import QUEUES
+    from tenantry.jobs.broker import QUEUES
 
     settings = get_settings()
     app = _celery_app(settings)
@@ -90,7 +90,7 @@ def probe_live() -> None:
 @probe_app.command("ready")
 def probe_ready() -> None:
     """Ready: alive, and the broker answers."""
-    from tenantry.worker.celery_app import broker_url
+    from tenantry.jobs.broker import broker_url
     from tenantry.worker.probes import check_broker, check_live
 
     settings = get_settings()
@@ -141,8 +141,8 @@ def beat() -> None:
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the audit trail's hash chain; exit 1 naming the first row that fails."""
-    from tenantry.db.engine import create_engine, session_factory
     from tenantry.audit import ChainReport, verify_chain
+    from tenantry.db.engine import create_engine, session_factory
 
     async def check() -> ChainReport:
         engine = create_engine(get_settings().database_url)

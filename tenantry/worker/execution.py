@@ -32,12 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Update
 
 from tenantry.db.tables import Job, JobStatus
-from tenantry.settings import WorkerSettings
-from tenantry.sources import RegistryHolder
-from tenantry.worker import metrics
-from tenantry.worker.breaker import CircuitBreakers
-from tenantry.worker.jobs_service import message_for, publish_or_leave_to_outbox
-from tenantry.worker.kinds import (
+from tenantry.jobs.breaker import CircuitBreakers
+from tenantry.jobs.kinds import (
     InvalidPayloadError,
     JobContext,
     JobKind,
@@ -47,7 +43,11 @@ from tenantry.worker.kinds import (
     RetryableJobError,
     UnknownJobKindError,
 )
-from tenantry.worker.queueing import JobPublisher, backoff_seconds
+from tenantry.jobs.queueing import JobPublisher, backoff_seconds
+from tenantry.jobs.service import message_for, publish_or_leave_to_outbox
+from tenantry.settings import WorkerSettings
+from tenantry.sources import RegistryHolder
+from tenantry.worker import metrics
 from tenantry.worker.semaphore import ConcurrencyLimiter
 
 log = structlog.get_logger("tenantry.worker")

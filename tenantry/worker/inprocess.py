@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from fastapi import FastAPI
 
+from tenantry.jobs.breaker import CircuitBreakers
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.queueing import JobMessage
 from tenantry.worker import metrics
-from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import WorkerContext, execute_job
-from tenantry.worker.kinds import JobKinds
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
-from tenantry.worker.queueing import JobMessage
 from tenantry.worker.semaphore import LocalSemaphore
 
 log = structlog.get_logger("tenantry.worker.inprocess")
@@ -130,8 +130,8 @@ def install_dev_jobs(app: FastAPI) -> None:
     """
     from tenantry.api.runtime import ApiRuntime
     from tenantry.db.engine import session_factory
+    from tenantry.jobs.service import JobsService
     from tenantry.worker.flush import UsageFlusher
-    from tenantry.worker.jobs_service import JobsService
 
     runtime: ApiRuntime = app.state.runtime
     if runtime.engine is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-JOBS_SUBMITTED = Counter("tenantry_jobs_submitted_total", "Jobs accepted.", ["kind"])
 JOBS_FINISHED = Counter(
     "tenantry_jobs_finished_total",
     "Job attempts by outcome (succeeded, retried, failed, cancelled).",
@@ -23,9 +22,6 @@ JOB_START_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DEAD_LETTERS = Counter("tenantry_jobs_dead_lettered_total", "Jobs failed for good.", ["kind"])
-ENQUEUE_FAILURES = Counter(
-    "tenantry_job_enqueue_failures_total", "Publishes the broker refused (outbox retries)."
-)
 OUTBOX_REQUEUED = Counter(
     "tenantry_outbox_requeued_total", "Jobs sent again by the outbox sweep.", ["reason"]
 )

@@ -15,10 +15,10 @@ import structlog
 from sqlalchemy import delete, func, or_, select, update
 
 from tenantry.db.tables import IdempotencyKey, Job, JobStatus
+from tenantry.jobs.kinds import UnknownJobKindError
+from tenantry.jobs.service import message_for, publish_or_leave_to_outbox
 from tenantry.worker import metrics
 from tenantry.worker.execution import WorkerContext
-from tenantry.worker.jobs_service import message_for, publish_or_leave_to_outbox
-from tenantry.worker.kinds import UnknownJobKindError
 
 log = structlog.get_logger("tenantry.outbox")
 

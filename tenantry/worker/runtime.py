@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 import structlog
 
 from tenantry.db.engine import create_engine, session_factory
+from tenantry.jobs.breaker import CircuitBreakers
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.queueing import JobPublisher
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder, RegistrySource, registry_source
-from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.flush import UsageFlusher
-from tenantry.worker.kinds import JobKinds
-from tenantry.worker.queueing import JobPublisher
 from tenantry.worker.semaphore import RedisSemaphore
 
 log = structlog.get_logger("tenantry.worker")

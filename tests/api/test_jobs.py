@@ -14,12 +14,12 @@ import redis
 from tenantry.api.app import create_app
 from tenantry.db.engine import session_factory
 from tenantry.db.migrate import upgrade
+from tenantry.jobs.breaker import CircuitBreakers
+from tenantry.jobs.service import JobsService
 from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
-from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import Verdict, WorkerContext, execute_job
 from tenantry.worker.inprocess import install_dev_jobs
-from tenantry.worker.jobs_service import JobsService
 from tenantry.worker.semaphore import LocalSemaphore
 from tests.api.conftest import Api, auth
 from tests.worker.conftest import wait_for

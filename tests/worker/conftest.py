@@ -17,13 +17,13 @@ from tenantry.contract.registry import Registry, TenantEntry
 from tenantry.contract.resources import EffectiveLimits, FailureMode, JobPriority
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
+from tenantry.jobs.breaker import CircuitBreakers
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.service import JobsService, JobSubmission
 from tenantry.settings import WorkerSettings
 from tenantry.sources import RegistryHolder
-from tenantry.worker.breaker import CircuitBreakers
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.inprocess import InProcessQueue, InProcessWorker
-from tenantry.worker.jobs_service import JobsService, JobSubmission
-from tenantry.worker.kinds import JobKinds
 from tenantry.worker.semaphore import ConcurrencyLimiter, LocalSemaphore
 
 ACME = "customers/acme"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from tenantry.jobs.broker import QUEUES, CeleryPublisher, broker_url
+from tenantry.jobs.queueing import JobMessage, PublishError
 from tenantry.settings import Settings, WorkerSettings
-from tenantry.worker.celery_app import QUEUES, CeleryPublisher, broker_url, create_celery
-from tenantry.worker.queueing import JobMessage, PublishError
+from tenantry.worker.celery_app import create_celery
 from tests.harness.servers import free_port
 from tests.worker.conftest import wait_for
 

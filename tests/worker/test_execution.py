@@ -15,13 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenantry.contract.registry import Registry
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.webhook import WebhookDeliver, verify
 from tenantry.redis_client import create_redis
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import Verdict, execute_job
-from tenantry.worker.kinds import JobKinds
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
 from tenantry.worker.semaphore import RedisSemaphore
-from tenantry.worker.webhook import WebhookDeliver, verify
 from tests.harness.servers import PostgresProcess
 from tests.worker.conftest import ACME, Harness, fast_settings, tenant, wait_for
 from tests.worker.receiver import Reply, running_receiver

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from tenantry.db.tables import AuditEntry, Job, JobStatus
 from tenantry.audit import verify_chain
-from tenantry.worker.jobs_service import (
+from tenantry.db.tables import AuditEntry, Job, JobStatus
+from tenantry.jobs.kinds import InvalidPayloadError, UnknownJobKindError
+from tenantry.jobs.service import (
     IdempotencyKeyReusedError,
     InvalidCursorError,
     JobAlreadyEndedError,
@@ -23,7 +24,6 @@ from tenantry.worker.jobs_service import (
     JobNotFoundError,
     JobSubmission,
 )
-from tenantry.worker.kinds import InvalidPayloadError, UnknownJobKindError
 from tests.worker.conftest import ACME, GLOBEX, Harness
 
 pytestmark = pytest.mark.integration

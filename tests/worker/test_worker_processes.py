@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenantry.contract.registry import Registry
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
+from tenantry.jobs.broker import CeleryPublisher
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.service import JobsService, JobSubmission
 from tenantry.settings import Settings
-from tenantry.worker.celery_app import CeleryPublisher, create_celery
-from tenantry.worker.jobs_service import JobsService, JobSubmission
-from tenantry.worker.kinds import JobKinds
+from tenantry.worker.celery_app import create_celery
 from tests.harness.servers import PostgresProcess, RedisProcess
 from tests.worker.conftest import wait_for
 from tests.worker.processes import TENANT, reconcile_registry, running_worker, worker_env

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from sqlalchemy import select
 
 from tenantry.db.tables import UsageCounter, UsageGranularity
-from tenantry.worker.kinds import JobContext, JobKind, JobResult, PayloadModel
+from tenantry.jobs.kinds import JobContext, JobKind, JobResult, PayloadModel
 
 MAX_EXPORT_DAYS = 366
 

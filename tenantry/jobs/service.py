@@ -22,13 +22,13 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tenantry.audit import append_audit
 from tenantry.contract.registry import TenantEntry
 from tenantry.db.tables import IdempotencyKey, Job, JobStatus
+from tenantry.jobs import metrics
+from tenantry.jobs.kinds import JobKinds
+from tenantry.jobs.queueing import JobMessage, JobPublisher, PublishError
 from tenantry.settings import WorkerSettings
-from tenantry.worker import metrics
-from tenantry.audit import append_audit
-from tenantry.worker.kinds import JobKinds
-from tenantry.worker.queueing import JobMessage, JobPublisher, PublishError
 
 log = structlog.get_logger("tenantry.jobs")
 

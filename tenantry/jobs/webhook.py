@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import AnyHttpUrl, Field
 
-from tenantry.worker.kinds import (
+from tenantry.jobs.kinds import (
     JobContext,
     JobKind,
     JobResult,

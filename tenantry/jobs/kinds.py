@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenantry.contract.registry import TenantEntry
+from tenantry.jobs.breaker import CircuitBreakers
 from tenantry.settings import WorkerSettings
-from tenantry.worker.breaker import CircuitBreakers
 
 ENTRY_POINT_GROUP = "tenantry.job_kinds"
 
