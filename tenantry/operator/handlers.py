@@ -97,7 +97,7 @@ def registry_shards(
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod, the service account; elsewhere the kubeconfig, as `kube.load_configuration`."""
+    """In a pod, the service account; elsewhere the kubeconfig (as `tenantry.kubeconfig`)."""
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 

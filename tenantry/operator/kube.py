@@ -7,17 +7,14 @@ carries the operator's one field manager name. kubernetes-asyncio supplies the c
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 
+from tenantry.kubeconfig import load_configuration
 from tenantry.operator import metrics
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -48,20 +45,6 @@ def hpa_path(namespace: str, name: str | None = None) -> str:
 def custom_path(plural: str, namespace: str, name: str, *, status: bool = False) -> str:
     path = f"/apis/tenantry.io/v1alpha1/namespaces/{namespace}/{plural}/{name}"
     return f"{path}/status" if status else path
-
-
-async def load_configuration() -> k8s.Configuration:
-    """In a pod, the service account; elsewhere the kubeconfig (`KUBECONFIG` or ~/.kube)."""
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        # Read now, not at import: kubectl's own variable, which tests and tools set late.
-        kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-        await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    return configuration
 
 
 class KubeClient:

@@ -17,20 +17,17 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config.config_exception import ConfigException
 from prometheus_client import Counter
 
 from tenantry.contract.registry import REGISTRY_LABEL, Registry, RegistryError
+from tenantry.kubeconfig import load_configuration
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
 
@@ -44,19 +41,6 @@ WATCH_RESTARTS = Counter(
 
 # Errors that mean "the API server is not answering right now": retried, never fatal.
 UNREACHABLE = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
-
-
-async def _configuration() -> k8s.Configuration:
-    """In a pod, the service account; elsewhere the kubeconfig (`KUBECONFIG` or ~/.kube)."""
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-        await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    return configuration
 
 
 def decode_shard(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -103,7 +87,7 @@ class KubernetesRegistrySource:
         delay = self.retry_seconds
         while True:
             try:
-                async with k8s.ApiClient(await _configuration()) as api_client:
+                async with k8s.ApiClient(await load_configuration()) as api_client:
                     api_client.user_agent = "tenantry-api"
                     core = k8s.CoreV1Api(api_client)
                     while True:
