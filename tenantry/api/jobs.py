@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry.api.auth import Caller, require_scope
 from tenantry.api.problems import (
+    AUTH_PROBLEMS,
     INSUFFICIENT_SCOPE,
     SERVICE_UNAVAILABLE,
     VALIDATION_FAILED,
@@ -25,7 +26,6 @@ from tenantry.api.problems import (
     request_id_of,
 )
 from tenantry.api.runtime import ApiRuntime
-from tenantry.api.v1 import AUTH_PROBLEMS
 from tenantry.contract.resources import Scope
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import JobStatus

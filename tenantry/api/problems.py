@@ -72,6 +72,20 @@ SERVICE_UNAVAILABLE = ProblemKind("service-unavailable", 503, "A dependency is u
 
 _BY_STATUS = {kind.status: kind for kind in (NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TOO_LARGE)}
 
+# What any route behind a key can answer: the admission step's refusals.
+AUTH_PROBLEMS: tuple[ProblemKind, ...] = (
+    MISSING_API_KEY,
+    MALFORMED_API_KEY,
+    UNKNOWN_API_KEY,
+    EXPIRED_API_KEY,
+    REVOKED_API_KEY,
+    TENANT_SUSPENDED,
+    POLICY_UNRESOLVED,
+    QUOTA_EXCEEDED,
+    TOO_MANY_AUTH_FAILURES,
+    LIMITER_UNAVAILABLE,
+)
+
 ALL_KINDS: tuple[ProblemKind, ...] = (
     MISSING_API_KEY,
     MALFORMED_API_KEY,

@@ -19,18 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tenantry.api.auth import Caller, authenticated, require_scope
 from tenantry.api.problems import (
-    EXPIRED_API_KEY,
+    AUTH_PROBLEMS,
     INSUFFICIENT_SCOPE,
-    LIMITER_UNAVAILABLE,
-    MALFORMED_API_KEY,
-    MISSING_API_KEY,
-    POLICY_UNRESOLVED,
-    QUOTA_EXCEEDED,
-    REVOKED_API_KEY,
     SERVICE_UNAVAILABLE,
-    TENANT_SUSPENDED,
-    TOO_MANY_AUTH_FAILURES,
-    UNKNOWN_API_KEY,
     VALIDATION_FAILED,
     ProblemError,
     problem_responses,
@@ -47,18 +38,6 @@ from tenantry.contract.usage import (
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import UsageCounter, UsageGranularity
 
-AUTH_PROBLEMS = (
-    MISSING_API_KEY,
-    MALFORMED_API_KEY,
-    UNKNOWN_API_KEY,
-    EXPIRED_API_KEY,
-    REVOKED_API_KEY,
-    TENANT_SUSPENDED,
-    POLICY_UNRESOLVED,
-    QUOTA_EXCEEDED,
-    TOO_MANY_AUTH_FAILURES,
-    LIMITER_UNAVAILABLE,
-)
 RATE_LIMIT_HEADERS = {
     "RateLimit-Policy": {
         "description": 'The policies that apply, e.g. `"tenant";q=600;w=60`.',
