@@ -98,6 +98,14 @@ def holder() -> RegistryHolder:
     return registry_holder
 
 
+async def read_job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> Job:
+    """The job's row as Postgres has it now."""
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+    assert job is not None, f"no job {job_id}"
+    return job
+
+
 class Harness:
     """A service, a worker context and an in-process queue over one database."""
 
@@ -145,10 +153,7 @@ class Harness:
         return outcome.job_id
 
     async def job(self, job_id: uuid.UUID) -> Job:
-        async with self.sessions() as session:
-            job = await session.get(Job, job_id)
-        assert job is not None
-        return job
+        return await read_job(self.sessions, job_id)
 
     async def wait_status(
         self, job_id: uuid.UUID, *statuses: JobStatus, within: float = 20.0

@@ -24,7 +24,7 @@ from tenantry.jobs.service import JobsService, JobSubmission
 from tenantry.settings import Settings
 from tenantry.worker.celery_app import create_celery
 from tests.harness.servers import PostgresProcess, RedisProcess
-from tests.worker.conftest import wait_for
+from tests.worker.conftest import read_job, wait_for
 from tests.worker.processes import TENANT, reconcile_registry, running_worker, worker_env
 from tests.worker.receiver import Reply, running_receiver
 
@@ -58,10 +58,7 @@ class Submitter:
         return outcome.job_id
 
     async def job(self, job_id: uuid.UUID) -> Job:
-        async with self.sessions() as session:
-            job = await session.get(Job, job_id)
-        assert job is not None
-        return job
+        return await read_job(self.sessions, job_id)
 
     async def wait_all(self, job_ids: list[uuid.UUID], status: JobStatus, within: float) -> None:
         async def done() -> bool:
