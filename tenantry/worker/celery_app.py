@@ -26,7 +26,9 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from tenantry.jobs.broker import (
     MAINTENANCE_QUEUE,
@@ -162,16 +164,28 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     url = broker_url(settings)
 
     def watch_broker(stop: threading.Event) -> None:
-        broker = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        # One attempt per check: redis-py's default retries would add up to a second of
+        # backoff to every check while the broker is away, and stretch the heartbeat's gaps.
+        broker = redis.Redis.from_url(
+            url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
+        broker_lost = False
         while not stop.wait(interval):
+            if broker_lost:
+                # Waiting for the broker is not being stuck. Written before the check, so the
+                # heartbeat's age stays within one interval however long the check takes.
+                write_heartbeat(path)
             try:
                 with broker.pipeline(transaction=False) as pipe:
                     for queue in QUEUES:
                         pipe.llen(queue)
                     depths = pipe.execute()
             except (RedisError, OSError):
-                write_heartbeat(path)  # waiting for the broker is not being stuck
+                if not broker_lost:
+                    write_heartbeat(path)
+                broker_lost = True
                 continue
+            broker_lost = False
             for queue, depth in zip(QUEUES, depths, strict=True):
                 metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
         broker.close()

@@ -209,7 +209,13 @@ async def test_policy_edit_changes_every_tenant_entry_and_counts_them(
         )
 
     await eventually(both_updated, what="both entries at 1200/min")
-    found = await tenant_with(cluster, "globex", "Ready", "True")
+
+    async def status_updated() -> dict[str, Any] | None:
+        # The status is written after the registry shard: wait for it as well.
+        found = await tenant_with(cluster, "globex", "Ready", "True")
+        return found if found["status"]["effective"]["requestsPerMinute"] == 1200 else None
+
+    found = await eventually(status_updated, what="globex's status at 1200/min")
     assert found["status"]["effective"]["requestsPerMinute"] == 1200
 
     async def counted() -> bool:
