@@ -2,10 +2,13 @@
 
 Each variant serves the same trivial authenticated route from one uvicorn process (uvloop,
 httptools, no uvicorn access log), all against one local Redis, one after the other on this
-machine, under the same wrk load. It prints requests/s, p50 and p99 latency per variant and
-the ratios the goals are stated in: Tenantry vs bare FastAPI, and vs the faster peer.
+machine, under the same wrk load. It prints requests/s, p50 and p99 latency and the server's
+CPU time per request (user + system time of the uvicorn process over the measured run,
+divided by the requests it served: steadier than req/s on a shared machine) per variant, and
+the ratios the goals are stated in: Tenantry vs bare FastAPI, and vs the faster peer. With
+`--rounds N` every variant is measured N times, interleaved, and each round is reported.
 
-    python -m bench.api [--duration 10] [--connections 64]
+    python -m bench.api [--duration 10] [--connections 64] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.api_apps import PING_PATH
@@ -42,14 +45,34 @@ spec:
   keys: [{name: main}]
 """
 
-VARIANTS = {
-    "bare FastAPI": "bare",
-    "slowapi (Redis)": "slowapi_app",
-    "fastapi-limiter (Redis)": "fastapi_limiter_app",
-    "Tenantry": "tenantry_app",
-    "Tenantry, no access log": "tenantry_app",
-    "Tenantry, no access log, no Redis": "tenantry_app",
-}
+NO_ACCESS_LOG: dict[str, str | None] = {"TENANTRY_API__ACCESS_LOG": "false"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    factory: str  # in bench.api_apps
+    env: dict[str, str | None] = field(default_factory=dict)  # None removes a variable
+
+
+VARIANTS = (
+    Variant("bare FastAPI", "bare"),
+    Variant("slowapi (Redis)", "slowapi_app"),
+    Variant("fastapi-limiter (Redis)", "fastapi_limiter_app"),
+    Variant("Tenantry", "tenantry_app"),
+    Variant("Tenantry, no access log", "tenantry_app", NO_ACCESS_LOG),
+    # The in-process limiter of `tenantry dev`: what Redis costs.
+    Variant(
+        "Tenantry, no access log, no Redis",
+        "tenantry_app",
+        {**NO_ACCESS_LOG, "TENANTRY_REDIS_URL": None},
+    ),
+    # The handler reads the admitted caller: FastAPI's cost of one dependency.
+    Variant("Tenantry, handler takes `caller: Caller`", "tenantry_caller_app"),
+    # The limiter's script calls on redis-py's asyncio client instead of the pipelined one.
+    Variant("Tenantry, limiter on redis-py", "tenantry_redis_py_app"),
+)
+GOAL_VARIANTS = ("Tenantry", "Tenantry, no access log")
 
 
 @dataclass
@@ -59,6 +82,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us_per_request: float
 
 
 def _latency_ms(text: str, percentile: str) -> float:
@@ -77,18 +101,25 @@ def _wrk(url: str, key: str, seconds: int, connections: int) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_variant(
-    name: str, factory: str, env: dict[str, str], key: str, seconds: int, connections: int
+    variant: Variant, env: dict[str, str], key: str, seconds: int, connections: int
 ) -> Result:
     port = free_port()
     variant_env = {**os.environ, **env}
-    if name.startswith("Tenantry, no access log"):
-        variant_env["TENANTRY_API__ACCESS_LOG"] = "false"
-    if name.endswith("no Redis"):  # the in-process limiter of `tenantry dev`: Redis' share
-        del variant_env["TENANTRY_REDIS_URL"]
+    for name, value in variant.env.items():
+        if value is None:
+            variant_env.pop(name, None)
+        else:
+            variant_env[name] = value
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", f"bench.api_apps:{factory}", "--factory",
+            sys.executable, "-m", "uvicorn", f"bench.api_apps:{variant.factory}", "--factory",
             "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--no-access-log", "--log-level", "warning",
         ],
@@ -100,7 +131,9 @@ def run_variant(
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}{PING_PATH}"
         _wrk(url, key, 2, connections)  # warm up
+        cpu_before = _cpu_seconds(server.pid)
         output = _wrk(url, key, seconds, connections)
+        cpu = _cpu_seconds(server.pid) - cpu_before
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -108,12 +141,16 @@ def run_variant(
     if rate is None:
         raise RuntimeError(f"wrk printed no rate:\n{output}")
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    served = re.search(r"(\d+) requests in", output)
+    if served is None:
+        raise RuntimeError(f"wrk printed no request count:\n{output}")
     return Result(
-        name,
+        variant.name,
         float(rate[1]),
         _latency_ms(output, "50"),
         _latency_ms(output, "99"),
         int(errors[1]) if errors else 0,
+        cpu * 1_000_000 / int(served[1]),
     )
 
 
@@ -121,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per variant")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="measure every variant N times")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-") as folder:
         work = Path(folder)
@@ -141,19 +179,25 @@ def main() -> None:
                 "TENANTRY_REGISTRY__MANIFESTS": f'["{manifests}"]',
                 "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
             }
-            results = []
-            for name, factory in VARIANTS.items():
-                result = run_variant(name, factory, env, key, args.duration, args.connections)
-                results.append(result)
-                print(
-                    f"{name:<34} {result.requests_per_second:>9.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                    f"errors {result.errors}",
-                    flush=True,
-                )
+            rounds = []
+            for number in range(1, args.rounds + 1):
+                print(f"round {number} of {args.rounds}", flush=True)
+                results = []
+                for variant in VARIANTS:
+                    result = run_variant(variant, env, key, args.duration, args.connections)
+                    results.append(result)
+                    print(
+                        f"  {variant.name:<42} {result.requests_per_second:>9.0f} req/s  "
+                        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                        f"CPU {result.cpu_us_per_request:5.1f} us/req  errors {result.errors}",
+                        flush=True,
+                    )
+                rounds.append(results)
         finally:
             redis.remove()
-    report(results, args.duration, args.connections)
+    for number, results in enumerate(rounds, 1):
+        print(f"\n## round {number} of {len(rounds)}")
+        report(results, args.duration, args.connections)
 
 
 def report(results: list[Result], seconds: int, connections: int) -> None:
@@ -164,21 +208,27 @@ def report(results: list[Result], seconds: int, connections: int) -> None:
         key=lambda r: r.requests_per_second,
     )
     print(f"\nwrk -t1 -c{connections} -d{seconds}s, one uvicorn process per variant\n")
-    print("| variant | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| variant | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs bare | p99 vs bare "
+        "| CPU vs bare |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for result in results:
         print(
             f"| {result.name} | {result.requests_per_second:.0f} | {result.p50_ms:.2f} | "
-            f"{result.p99_ms:.2f} | {result.requests_per_second / bare.requests_per_second:.2f} | "
-            f"{result.p99_ms / bare.p99_ms:.2f} |"
+            f"{result.p99_ms:.2f} | {result.cpu_us_per_request:.0f} | "
+            f"{result.requests_per_second / bare.requests_per_second:.2f} | "
+            f"{result.p99_ms / bare.p99_ms:.2f} | "
+            f"{result.cpu_us_per_request / bare.cpu_us_per_request:.2f} |"
         )
-    for name in ("Tenantry", "Tenantry, no access log"):
+    for name in GOAL_VARIANTS:
         ours = by_name[name]
         print(
             f"\n{name}: {ours.requests_per_second / bare.requests_per_second:.0%} of bare "
             f"(goal >= 75%), {ours.requests_per_second / peer.requests_per_second:.2f}x the "
             f"faster peer, {peer.name} (goal >= 2x), p99 {ours.p99_ms / bare.p99_ms:.2f}x "
-            "bare's (goal <= 1.5x)"
+            f"bare's (goal <= 1.5x), CPU per request "
+            f"{ours.cpu_us_per_request / bare.cpu_us_per_request:.2f}x bare's (goal <= 1.33x)"
         )
 
 

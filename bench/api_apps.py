@@ -1,4 +1,4 @@
-"""The four servers `bench.api` compares, each the same trivial authenticated route.
+"""The servers `bench.api` compares, each the same trivial authenticated route.
 
 Each is imported by its own uvicorn process (`uvicorn bench.api_apps:<name> --factory`);
 configuration comes from the environment `bench.api` sets (`BENCH_REDIS_URL`, `TENANTRY_*`).
@@ -9,14 +9,23 @@ set high enough that every request is admitted, so the admitted path is what is 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any, cast
 
 from fastapi import Depends, FastAPI, Request
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tenantry.api.app import app_from_environment
-from tenantry.api.auth import Caller, authenticated
+from tenantry.api.app import app_from_environment, create_app
+from tenantry.api.context import Caller
+from tenantry.api.limiter.script import SCRIPT, SCRIPT_SHA, ScriptCall
+from tenantry.api.redis_pipeline import RedisReplyError, RedisUnavailableError
+from tenantry.logs import configure_logging
+from tenantry.redis_client import create_redis
+from tenantry.settings import get_settings
 
 PING_PATH = "/v1/ping"
 
@@ -89,12 +98,60 @@ def fastapi_limiter_app() -> FastAPI:
 
 
 def tenantry_app() -> FastAPI:
-    """Tenantry's full path: key auth, GCRA, quota and usage metering in one Redis call,
-    the middleware (request id, security headers, metrics, access log)."""
+    """Tenantry's full path on a protected route: key auth, GCRA, quota and usage metering in
+    one Redis call, the middleware (request id, security headers, metrics, access log)."""
     app = app_from_environment()
 
     @app.get(PING_PATH)
-    async def ping(caller: Annotated[Caller, Depends(authenticated)]) -> dict[str, bool]:
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def tenantry_caller_app() -> FastAPI:
+    """Tenantry's full path, the handler reading the admitted caller (`caller: Caller`)."""
+    app = app_from_environment()
+
+    @app.get(PING_PATH)
+    async def ping(caller: Caller) -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+class RedisPyScriptRunner:
+    """The limiter's script calls on redis-py's asyncio client (hiredis parsing, its connection
+    pool), `EVALSHA` with a `SCRIPT LOAD` after `NOSCRIPT`: the alternative the auto-pipelined
+    connection is measured against."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+
+    async def run(self, call: ScriptCall) -> Sequence[int]:
+        try:
+            try:
+                reply = await self._client.evalsha(SCRIPT_SHA, *call.arguments)
+            except NoScriptError:
+                await self._client.script_load(SCRIPT)
+                reply = await self._client.evalsha(SCRIPT_SHA, *call.arguments)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise RedisUnavailableError(str(error)) from error
+        except ResponseError as error:
+            raise RedisReplyError(str(error)) from error
+        return cast(Sequence[int], reply)
+
+
+def tenantry_redis_py_app() -> FastAPI:
+    """`tenantry_app` with the limiter's script calls on redis-py's asyncio client."""
+    settings = get_settings()
+    assert settings.redis_url is not None
+    configure_logging(settings.log_level, settings.log_format)
+    client = create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+    app = create_app(settings, scripts=RedisPyScriptRunner(client))
+
+    @app.get(PING_PATH)
+    async def ping() -> dict[str, bool]:
         return {"ok": True}
 
     return app

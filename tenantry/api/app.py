@@ -1,7 +1,11 @@
 """The FastAPI application factory: `create_app(settings)`; `tenantry api` serves it.
 
 What lives as long as the process is built here once (clients, registry source, limiter,
-metrics) and started and stopped by the lifespan; requests only read it.
+metrics) and started and stopped by the lifespan; requests only read it. A request passes
+the API middleware (`middleware`: request id, body limit, CORS, security headers, metrics,
+access log), FastAPI's exception handling, then the admission layer (`admission`) in the
+router's place, which matches it against the route table compiled at start-up, admits it
+unless its route is public, and calls the route's handler.
 """
 
 from __future__ import annotations
@@ -11,29 +15,29 @@ import contextlib
 import gc
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
-import fastapi.routing
 import structlog
 from fastapi import FastAPI
-from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from opentelemetry.trace import Tracer
 from redis.exceptions import RedisError
 
 from tenantry import __version__
 from tenantry.api import jobs, probes, v1
+from tenantry.api.admission import AdmissionLayer
 from tenantry.api.auth import SECURITY_SCHEMES
-from tenantry.api.limiter import merge_local_usage
+from tenantry.api.limiter.local_usage import merge_local_usage
+from tenantry.api.limiter.script import PipelinedScriptRunner, ScriptRunner
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
+from tenantry.api.routes import RouteTable
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import tracer_from_environment
-from tenantry.contract.resources import Scope
 from tenantry.db.engine import create_engine
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
@@ -58,7 +62,10 @@ def create_app(
     *,
     source: RegistrySource | None = None,
     tracer: Tracer | None = None,
+    scripts: ScriptRunner | None = None,
 ) -> FastAPI:
+    """The API app. `source`, `tracer` and `scripts` (the limiter's way to Redis) replace
+    what the settings would make."""
     settings = settings or get_settings()
     redis = (
         create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
@@ -67,20 +74,24 @@ def create_app(
     )
     pipelined = (
         PipelinedRedis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
-        if settings.redis_url
+        if settings.redis_url and scripts is None
         else None
     )
+    if pipelined is not None:
+        scripts = PipelinedScriptRunner(pipelined)
     runtime = ApiRuntime(
         settings,
         engine=create_engine(settings.database_url),
         redis=redis,
-        pipelined=pipelined,
+        scripts=scripts,
         tracer=tracer or tracer_from_environment(),
     )
     registry_from = source or registry_source(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        routes = admission.compile(public_paths(app))
+        log.info("routes_compiled", routes=len(routes.entries))
         tasks = [asyncio.create_task(registry_from.run(runtime.holder), name="registry")]
         if redis is not None:
             tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
@@ -136,53 +147,35 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(jobs.router)
     app.add_middleware(ApiMiddleware, runtime=runtime)
-    app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
+    admission = AdmissionLayer(app.router, runtime.admission)
+    app.router.middleware_stack = admission
+    app.openapi = lambda: _openapi_with_security(app, admission)  # type: ignore[method-assign]
     return app
 
 
-def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the key schemes on every route that requires a key (and
-    the scopes it needs), found from the routes' dependencies once, when first asked."""
+def public_paths(app: FastAPI) -> frozenset[str]:
+    """FastAPI's own documentation routes: public, whatever else is."""
+    urls = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    return frozenset(url for url in urls if url)
+
+
+def _openapi_with_security(app: FastAPI, admission: AdmissionLayer) -> dict[str, Any]:
+    """The OpenAPI document, with the key schemes on every operation the admission layer
+    protects, and the scopes it requires, taken from the route table when first asked."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     document = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    for path, methods, dependant in _api_routes(app):
-        scopes = _required_scopes(dependant)
-        if scopes is None:
-            continue
-        for method in methods:
-            operation = document["paths"].get(path, {}).get(method.lower())
-            if operation is not None:
-                operation["security"] = [{"bearer": []}, {"apiKey": []}]
-                operation["x-required-scopes"] = sorted(scope.value for scope in scopes)
+    table = admission.table or RouteTable.compile(app.routes, public_paths=public_paths(app))
+    for entry in table.entries:
+        operation = document["paths"].get(entry.template, {}).get(entry.method.lower())
+        if operation is not None and not entry.public:
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["x-required-scopes"] = sorted(scope.value for scope in entry.scopes)
     app.openapi_schema = document
     return document
-
-
-def _api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
-    """Every API route with its full path, including those of included routers (which
-    newer FastAPI versions keep behind route contexts rather than copying them)."""
-    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    routes: Iterable[Any] = contexts(app.routes) if contexts is not None else app.routes
-    for route in routes:
-        dependant = getattr(route, "dependant", None)
-        path = getattr(route, "path_format", None)
-        if isinstance(dependant, Dependant) and isinstance(path, str):
-            yield path, set(getattr(route, "methods", None) or ()), dependant
-
-
-def _required_scopes(dependant: Dependant) -> frozenset[Scope] | None:
-    for dependency in dependant.dependencies:
-        scopes = getattr(dependency.call, "__tenantry_scopes__", None)
-        if scopes is not None:
-            return frozenset(scopes)
-        nested = _required_scopes(dependency)
-        if nested is not None:
-            return nested
-    return None
 
 
 def app_from_environment() -> FastAPI:

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantry.api.auth import Caller, require_scope
+from tenantry.api.auth import AdmittedCaller
+from tenantry.api.context import Caller
 from tenantry.api.problems import (
     AUTH_PROBLEMS,
     INSUFFICIENT_SCOPE,
@@ -25,6 +26,7 @@ from tenantry.api.problems import (
     problem_responses,
     request_id_of,
 )
+from tenantry.api.routes import requires
 from tenantry.api.runtime import ApiRuntime
 from tenantry.contract.resources import Scope
 from tenantry.db.engine import session_factory
@@ -145,7 +147,7 @@ def _response(body: dict[str, Any]) -> JobResponse:
     return JobResponse.model_validate(body)
 
 
-def _actor(caller: Caller) -> str:
+def _actor(caller: AdmittedCaller) -> str:
     return f"key:{caller.key.key_id}"
 
 
@@ -153,6 +155,7 @@ def _actor(caller: Caller) -> str:
     "",
     status_code=202,
     summary="Submit a job",
+    dependencies=[requires(Scope.JOBS_WRITE)],
     response_model=JobResponse,
     responses=problem_responses(
         *AUTH_PROBLEMS,
@@ -167,7 +170,7 @@ async def submit_job(
     request: Request,
     response: Response,
     body: JobRequest,
-    caller: Annotated[Caller, Depends(require_scope(Scope.JOBS_WRITE))],
+    caller: Caller,
     service: Service,
     idempotency_key: Annotated[
         str,
@@ -229,11 +232,12 @@ def _invalid(field: str, message: str) -> ProblemError:
 @router.get(
     "",
     summary="List the caller's jobs, newest first",
+    dependencies=[requires(Scope.JOBS_READ)],
     response_model=JobPageResponse,
     responses=problem_responses(*AUTH_PROBLEMS, INSUFFICIENT_SCOPE, VALIDATION_FAILED),
 )
 async def list_jobs(
-    caller: Annotated[Caller, Depends(require_scope(Scope.JOBS_READ))],
+    caller: Caller,
     service: Service,
     query: Annotated[JobListQuery, Query()],
 ) -> JobPageResponse:
@@ -260,12 +264,13 @@ async def list_jobs(
 @router.get(
     "/{job_id}",
     summary="Read a job",
+    dependencies=[requires(Scope.JOBS_READ)],
     response_model=JobResponse,
     responses=problem_responses(*READ_PROBLEMS),
 )
 async def get_job(
     job_id: JobId,
-    caller: Annotated[Caller, Depends(require_scope(Scope.JOBS_READ))],
+    caller: Caller,
     service: Service,
 ) -> JobResponse:
     try:
@@ -279,13 +284,14 @@ async def get_job(
     "/{job_id}/cancel",
     status_code=202,
     summary="Cancel a job",
+    dependencies=[requires(Scope.JOBS_WRITE)],
     response_model=JobResponse,
     responses=problem_responses(*READ_PROBLEMS, JOB_ALREADY_ENDED),
 )
 async def cancel_job(
     request: Request,
     job_id: JobId,
-    caller: Annotated[Caller, Depends(require_scope(Scope.JOBS_WRITE))],
+    caller: Caller,
     service: Service,
 ) -> JobResponse:
     """A queued job is cancelled at once (`status: cancelled`); a running one is flagged
@@ -307,6 +313,7 @@ async def cancel_job(
 @router.get(
     "/{job_id}/result",
     summary="Fetch a succeeded job's result (a file such as CSV, or JSON)",
+    dependencies=[requires(Scope.JOBS_READ)],
     responses={
         200: {
             "content": {
@@ -319,7 +326,7 @@ async def cancel_job(
 )
 async def get_job_result(
     job_id: JobId,
-    caller: Annotated[Caller, Depends(require_scope(Scope.JOBS_READ))],
+    caller: Caller,
     service: Service,
 ) -> Response:
     try:

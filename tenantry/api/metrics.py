@@ -1,33 +1,120 @@
 """Prometheus metrics of the API, on a registry of the app's own (so tests can build many
 apps in one process). Label values are bounded: the HTTP method from a fixed set, the route
 *template* (never the raw path), the status class, and fixed decision names. A tenant label
-exists only when `api.tenant_metrics_label` is set, bounded by the number of tenants."""
+exists only when `api.tenant_metrics_label` is set, bounded by the number of tenants.
+
+The three series every request touches (requests, latency, limiter decisions) are tallied in
+plain numbers and read when scraped (`TalliedCounter`, `TalliedHistogram`); the rest are
+prometheus_client's own metric types.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+class TalliedCounter:
+    """A labelled counter kept in plain numbers and read when scraped.
+
+    Each label set's count is a one-element list its user increments (`cell[0] += 1`): no
+    lock and no call per increment, where prometheus_client's `Counter` takes a lock (see
+    docs/benchmarks.md). For a single thread only: the API counts from its event loop.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._cells: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def cell(self, *labels: str) -> list[float]:
+        """The count of one label set (created at 0 on first use)."""
+        cell = self._cells.get(labels)
+        if cell is None:
+            cell = self._cells[labels] = [0.0]
+        return cell
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, cell in list(self._cells.items()):
+            family.add_metric(labels, cell[0])
+        yield family
+
+
+class TalliedHistogram:
+    """A labelled histogram kept in plain numbers and read when scraped (see
+    `TalliedCounter`). A label set's cell holds a count per bucket (the last one for values
+    above every bound) and, at the end, the sum of the values."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = tuple(sorted(buckets))
+        self._cells: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def cell(self, *labels: str) -> list[float]:
+        cell = self._cells.get(labels)
+        if cell is None:
+            cell = self._cells[labels] = [0.0] * (len(self._bounds) + 2)
+        return cell
+
+    def observe(self, cell: list[float], value: float) -> None:
+        cell[bisect_left(self._bounds, value)] += 1
+        cell[-1] += value
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labels, cell in list(self._cells.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*map(repr, self._bounds), "+Inf"), cell, strict=False):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric(labels, buckets, sum_value=cell[-1])
+        yield family
+
+
 class ApiMetrics:
     def __init__(self, *, tenant_label: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.tenant_label = tenant_label
-        self.requests = Counter(
+        self.requests = TalliedCounter(
             "tenantry_api_requests",
             "HTTP requests by method, route template and status class.",
             ["method", "route", "status_class"],
-            registry=self.registry,
+            self.registry,
         )
-        self.latency = Histogram(
+        self.latency = TalliedHistogram(
             "tenantry_api_request_duration_seconds",
             "Time from the request's arrival to the end of its response.",
             ["method", "route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=self.registry,
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            self.registry,
         )
         self.tenant_requests = Counter(
             "tenantry_api_tenant_requests",
@@ -35,11 +122,11 @@ class ApiMetrics:
             ["tenant"],
             registry=self.registry,
         )
-        self.limiter_decisions = Counter(
+        self.limiter_decisions = TalliedCounter(
             "tenantry_api_limiter_decisions",
             "Limiter decisions: where they were made (redis, cache, local) and the outcome.",
             ["source", "decision"],
-            registry=self.registry,
+            self.registry,
         )
         self.quota_rejections = Counter(
             "tenantry_api_quota_rejections",

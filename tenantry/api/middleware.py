@@ -8,7 +8,8 @@
   actual responses allow the origin only if the calling tenant lists it;
 - security headers on every response, `Cache-Control: no-store` on authenticated ones, and
   the rate-limit headers the limiter decided;
-- metrics by route template and one JSON access-log line, without key material.
+- metrics by route template (as the admission layer matched it) and one JSON access-log
+  line, without key material.
 
 Work that can be done once (header tuples, compiled patterns, metric children) is done once.
 """
@@ -18,11 +19,11 @@ from __future__ import annotations
 import re
 import time
 from random import getrandbits
-from typing import Any
 
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantry.api.context import RequestContext
 from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, status_class
 from tenantry.api.problems import (
     ORIGIN_NOT_ALLOWED,
@@ -31,7 +32,7 @@ from tenantry.api.problems import (
     ProblemError,
     problem_body,
 )
-from tenantry.api.runtime import ApiRuntime, RequestContext
+from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import parent_context
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -66,7 +67,8 @@ class ApiMiddleware:
         self.log_requests = runtime.settings.api.access_log
         self.access_log = runtime.access_log
         self.tracer = runtime.tracer
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.latency = runtime.metrics.latency
+        self._series: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,7 +142,7 @@ class ApiMiddleware:
         finally:
             self._observe(scope, context, status, time.perf_counter() - started)
             if span is not None:
-                _finish_span(span, scope, context, status)
+                _finish_span(span, scope["method"], context, status)
 
     # --- bodies ------------------------------------------------------------------------
 
@@ -209,19 +211,19 @@ class ApiMiddleware:
     # --- observation -------------------------------------------------------------------
 
     def _observe(self, scope: Scope, context: RequestContext, status: int, elapsed: float) -> None:
-        route = scope.get("route")
-        template: str = getattr(route, "path", UNMATCHED_ROUTE)
+        route = context.route
+        template = route.template if route is not None else UNMATCHED_ROUTE
         method: str = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
         series_key = (method, template, status_class(status))
         series = self._series.get(series_key)
         if series is None:
             metrics = self.runtime.metrics
             series = self._series[series_key] = (
-                metrics.requests.labels(*series_key),
-                metrics.latency.labels(method, template),
+                metrics.requests.cell(*series_key),
+                metrics.latency.cell(method, template),
             )
-        series[0].inc()
-        series[1].observe(elapsed)
+        series[0][0] += 1
+        self.latency.observe(series[1], elapsed)
         if self.log_requests:
             caller = context.caller
             self.access_log.write(
@@ -236,10 +238,10 @@ class ApiMiddleware:
             )
 
 
-def _finish_span(span: Span, scope: Scope, context: RequestContext, status: int) -> None:
-    template: str = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
-    span.update_name(f"{scope['method']} {template}")
-    span.set_attribute("http.request.method", scope["method"])
+def _finish_span(span: Span, method: str, context: RequestContext, status: int) -> None:
+    template = context.route.template if context.route is not None else UNMATCHED_ROUTE
+    span.update_name(f"{method} {template}")
+    span.set_attribute("http.request.method", method)
     span.set_attribute("http.route", template)
     span.set_attribute("http.response.status_code", status)
     span.set_attribute("tenantry.request_id", context.request_id)

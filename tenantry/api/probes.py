@@ -1,4 +1,4 @@
-"""Kubernetes probes and Prometheus metrics; none of these need (or accept) an API key.
+"""Kubernetes probes and Prometheus metrics: public routes, that need no API key.
 
 - `/livez`: the process and its event loop answer; never a dependency, so a Redis or
   Postgres outage can not make Kubernetes restart every replica.
@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tenantry.api.routes import public
 from tenantry.api.runtime import ApiRuntime
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], dependencies=[public])
 
 CHECKS_EXAMPLE = {
     "status": "ready",

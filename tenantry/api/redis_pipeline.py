@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -141,12 +141,17 @@ class PipelinedRedis:
             connection = await self._connect()
         return await connection.call(pack(args))
 
-    async def execute_packed(self, packed: bytes) -> Any:
+    def send_packed(self, packed: bytes) -> Awaitable[Any]:
         """`execute` for a command already RESP-encoded by `pack` (callers that send the
-        same command many times encode it once)."""
+        same command many times encode it once). On an open connection the reply's future
+        itself is returned: the caller awaits it directly."""
         connection = self._connection
         if connection is None or connection.closed:
-            connection = await self._connect()
+            return self._connect_and_send(packed)
+        return connection.call(packed)
+
+    async def _connect_and_send(self, packed: bytes) -> Any:
+        connection = await self._connect()
         return await connection.call(packed)
 
     async def _connect(self) -> _Connection:

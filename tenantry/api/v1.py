@@ -1,23 +1,22 @@
 """Consumer endpoints of API version 1: the caller's limits and usage.
 
-Every route here depends on `require_scope`, so it is authenticated, limited and metered
-like any other call; a tenant only ever sees its own data.
+Every route here is protected by the admission layer, so it is authenticated, limited and
+metered like any other call; a tenant only ever sees its own data.
 """
 
 from __future__ import annotations
 
 import asyncio
-from calendar import monthrange
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from tenantry.api.auth import Caller, authenticated, require_scope
+from tenantry.api.context import Caller, request_context
 from tenantry.api.problems import (
     AUTH_PROBLEMS,
     INSUFFICIENT_SCOPE,
@@ -26,11 +25,12 @@ from tenantry.api.problems import (
     ProblemError,
     problem_responses,
 )
-from tenantry.api.runtime import ApiRuntime, RequestContext
+from tenantry.api.routes import requires
+from tenantry.api.runtime import ApiRuntime
+from tenantry.contract.months import month_of, month_start, next_month_start
 from tenantry.contract.resources import FailureMode, JobPriority, RouteLimit, Scope
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
-    month_of,
     usage_bucket_key,
     usage_cache_key,
     usage_index_key,
@@ -173,15 +173,6 @@ class UsageQuery(BaseModel):
     fresh: bool = Field(default=False, description="Skip the short-lived cache and count again.")
 
 
-def month_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_month_start(moment: datetime) -> datetime:
-    start = month_start(moment)
-    return start + timedelta(days=monthrange(start.year, start.month)[1])
-
-
 @router.get(
     "/limits",
     summary="The caller's effective limits and where it stands",
@@ -191,13 +182,10 @@ def next_month_start(moment: datetime) -> datetime:
         **problem_responses(*AUTH_PROBLEMS),
     },
 )
-async def get_limits(
-    request: Request, caller: Annotated[Caller, Depends(authenticated)]
-) -> LimitsResponse:
+async def get_limits(request: Request, caller: Caller) -> LimitsResponse:
     """The tier and overrides as applied to the calling tenant, and the state of its rate
     and quota as of this request (this request included)."""
-    context: RequestContext = request.scope["tenantry"]
-    decision = context.decision
+    decision = request_context(request).decision
     limits = caller.limits
     now = datetime.now(UTC)
     rate = None
@@ -241,6 +229,7 @@ async def get_limits(
     "/usage",
     summary="The caller's usage this month, per day, against its quota",
     response_model=UsageResponse,
+    dependencies=[requires(Scope.USAGE_READ)],
     responses={
         200: {"headers": RATE_LIMIT_HEADERS},
         **problem_responses(
@@ -249,9 +238,7 @@ async def get_limits(
     },
 )
 async def get_usage(
-    request: Request,
-    caller: Annotated[Caller, Depends(require_scope(Scope.USAGE_READ))],
-    query: Annotated[UsageQuery, Query()],
+    request: Request, caller: Caller, query: Annotated[UsageQuery, Query()]
 ) -> UsageResponse:
     """Flushed usage from the database plus what is still in Redis (or in this process),
     cached in Redis for a few seconds; the cache is dropped when a flush lands."""

@@ -1,27 +1,27 @@
 """Retiring a route: `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and a successor link.
 
-    @router.get("/v1/things", deprecated=True, dependencies=[Depends(deprecation(
+    @router.get("/v1/things", deprecated=True, dependencies=[deprecation(
         since=datetime(2026, 12, 1, tzinfo=UTC), sunset=datetime(2027, 6, 1, tzinfo=UTC),
-        successor="/v2/things"))])
+        successor="/v2/things")])
 
-`deprecated=True` marks the operation in the OpenAPI document; the dependency puts the headers
-on every response of the route, errors included, so clients see the date before it passes.
+`deprecated=True` marks the operation in the OpenAPI document; the declaration puts the
+headers on every response of the route, refusals included (the admission layer adds them
+before it admits), so clients see the date before it passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.utils import format_datetime
 
-from fastapi import Request
+from fastapi import params
 
-from tenantry.api.runtime import RequestContext
+from tenantry.api.routes import RouteDeclaration, declare
 
 
 def deprecation(
     *, since: datetime, sunset: datetime, successor: str | None = None
-) -> Callable[[Request], Awaitable[None]]:
+) -> params.Depends:
     if since.tzinfo is None or sunset.tzinfo is None:
         raise ValueError("deprecation: `since` and `sunset` must be timezone-aware")
     if sunset < since:
@@ -32,9 +32,4 @@ def deprecation(
     ]
     if successor is not None:
         headers.append((b"link", f'<{successor}>; rel="successor-version"'.encode()))
-
-    async def announce_deprecation(request: Request) -> None:
-        context: RequestContext = request.scope["tenantry"]
-        context.extra_headers += headers
-
-    return announce_deprecation
+    return declare(RouteDeclaration(headers=tuple(headers)), "deprecation")

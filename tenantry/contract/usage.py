@@ -1,5 +1,5 @@
-"""Where a tenant's limiter state and usage live in Redis: the names the API writes and the
-worker flushes, in one place.
+"""Every Redis key of a tenant, in one place: the limiter state and usage the API writes and
+the worker flushes, the quota counters, and the job slots the worker holds.
 
 Every key of a tenant carries the hash tag `{<tenant id>}`, so all of them live in one slot
 and one Lua script can touch them together, on a single Redis or on Redis Cluster.
@@ -11,8 +11,6 @@ from the registry, never from a cross-slot key.
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 TOTAL_ROUTE = ""  # the field of a bucket counting every admitted request of the tenant
 
@@ -31,9 +29,20 @@ def quota_key(tenant_id: str, month: str) -> str:
     return f"tn:{tenant_tag(tenant_id)}:quota:{month}"
 
 
+def quota_seeded_key(tenant_id: str, month: str) -> str:
+    """Marker: the month's quota counter has been checked against PostgreSQL (and rebuilt if
+    Redis had lost it)."""
+    return quota_key(tenant_id, month) + ":seeded"
+
+
+def usage_bucket_prefix(tenant_id: str) -> str:
+    """What every usage bucket key of the tenant starts with; the minute follows it."""
+    return f"tn:{tenant_tag(tenant_id)}:usage:"
+
+
 def usage_bucket_key(tenant_id: str, minute: int) -> str:
     """HASH for the minute starting at `minute` (Unix seconds): route → admitted requests."""
-    return f"tn:{tenant_tag(tenant_id)}:usage:{minute}"
+    return f"{usage_bucket_prefix(tenant_id)}{minute}"
 
 
 def usage_index_key(tenant_id: str) -> str:
@@ -56,8 +65,10 @@ def usage_cache_key(tenant_id: str) -> str:
     return f"tn:{tenant_tag(tenant_id)}:usage:cache"
 
 
-def month_of(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m")
+def job_leases_key(tenant_id: str) -> str:
+    """ZSET of the tenant's running jobs (its `maxConcurrentJobs` slots), scored by when each
+    job's lease expires."""
+    return f"tn:{tenant_tag(tenant_id)}:jobs:leases"
 
 
 def minute_of(unix_seconds: float) -> int:

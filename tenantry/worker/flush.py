@@ -29,12 +29,13 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tenantry.contract.months import month_bounds, month_of, next_month
 from tenantry.contract.registry import TenantEntry
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
-    month_of,
     quota_key,
-    usage_bucket_key,
+    quota_seeded_key,
+    usage_bucket_prefix,
     usage_cache_key,
     usage_index_key,
     usage_staged_key,
@@ -52,26 +53,6 @@ QUOTA_SEED_SCRIPT = (HERE / "quota_seed.lua").read_text()
 TENANTS_PER_FLUSH = 200
 MINUTES_PER_CALL = 1440
 MARKER_SECONDS = 40 * 24 * 3600  # outlives any month
-
-
-def _bucket_prefix(tenant_id: str) -> str:
-    """The part of the contract's `usage_bucket_key` before the minute, for the Lua script."""
-    return usage_bucket_key(tenant_id, 0).removesuffix("0")
-
-
-def quota_seeded_key(tenant_id: str, month: str) -> str:
-    return quota_key(tenant_id, month) + ":seeded"
-
-
-def _next_month(month: str) -> str:
-    year, number = (int(part) for part in month.split("-"))
-    return f"{year + number // 12}-{number % 12 + 1:02d}"
-
-
-def _month_bounds(month: str) -> tuple[datetime, datetime]:
-    start = datetime.strptime(month + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
-    end = datetime.strptime(_next_month(month) + "-01", "%Y-%m-%d").replace(tzinfo=UTC)
-    return start, end
 
 
 @dataclass
@@ -142,7 +123,7 @@ class UsageFlusher:
                     ],
                     args=[
                         self.grace_seconds,
-                        _bucket_prefix(tenant_id),
+                        usage_bucket_prefix(tenant_id),
                         flush_id,
                         MINUTES_PER_CALL,
                     ],
@@ -284,7 +265,7 @@ class UsageFlusher:
         missing = [t for t, there in zip(with_quota, present, strict=True) if not there]
         flushed: dict[str, int] = {}
         if missing:
-            start, end = _month_bounds(month)
+            start, end = month_bounds(month)
             async with self.sessions() as session:
                 result = await session.execute(
                     select(UsageCounter.tenant_id, func.sum(UsageCounter.request_count))
@@ -304,7 +285,7 @@ class UsageFlusher:
                     keys=[
                         quota_key(tenant_id, month),
                         quota_seeded_key(tenant_id, month),
-                        quota_seeded_key(tenant_id, _next_month(month)),
+                        quota_seeded_key(tenant_id, next_month(month)),
                     ],
                     args=[flushed.get(tenant_id, 0), MARKER_SECONDS],
                     client=pipe,

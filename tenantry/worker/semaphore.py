@@ -12,13 +12,9 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from tenantry.contract.usage import tenant_tag
+from tenantry.contract.usage import job_leases_key
 
 ACQUIRE_SCRIPT = (Path(__file__).parent / "semaphore_acquire.lua").read_text()
-
-
-def job_leases_key(tenant_id: str) -> str:
-    return f"tn:{tenant_tag(tenant_id)}:jobs:leases"
 
 
 class ConcurrencyLimiter(Protocol):

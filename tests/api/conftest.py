@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from opentelemetry.trace import Tracer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tenantry.api.app import create_app
 from tenantry.api.runtime import ApiRuntime
@@ -45,6 +46,16 @@ class Api:
         assert self.source.publish(self.runtime.holder)
 
 
+async def metric(api: Api, sample: str, **labels: str) -> float:
+    """The value of one sample of the API's `/metrics`, as Prometheus would scrape it."""
+    text = (await api.client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    raise AssertionError(f"no sample {sample} {labels} in /metrics")
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -70,8 +81,11 @@ def serve_api(tmp_path: Path, manifests: Path) -> ServeApi:
         redis_url: str | None,
         client_address: tuple[str, int] = ("203.0.113.7", 50000),
         tracer: Tracer | None = None,
+        routes: Callable[[FastAPI], None] | None = None,
         **api: Any,
     ) -> AsyncIterator[Api]:
+        """The app on its lifespan; `routes` declares more routes first (the route table is
+        compiled at start-up)."""
         settings = Settings(
             database_url=database_url,
             redis_url=redis_url,
@@ -90,6 +104,8 @@ def serve_api(tmp_path: Path, manifests: Path) -> ServeApi:
             poll_interval_seconds=settings.registry.poll_interval_seconds,
         )
         app = create_app(settings, source=source, tracer=tracer)
+        if routes is not None:
+            routes(app)
         transport = httpx.ASGITransport(app=app, client=client_address)
         async with (
             app.router.lifespan_context(app),

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tenantry.contract.usage import TOTAL_ROUTE, minute_of, usage_bucket_key
-from tests.api.conftest import ServeApi, auth
+from tests.api.conftest import ServeApi, auth, metric
 from tests.harness.servers import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -66,15 +66,15 @@ async def test_fail_open_serves_counts_locally_and_merges_when_redis_returns(
         ]
         assert statuses == [200] * 25
         assert api.runtime.usage.held == 25
-        assert api.runtime.metrics.fail_open._value.get() == 25
+        assert await metric(api, "tenantry_api_fail_open_decisions_total") == 25
         ready = await api.client.get("/readyz")
         assert ready.json()["checks"]["redis"]["ok"] is False
         assert ready.json()["checks"]["redis"]["held_usage"] == 25
         own_redis.start()  # same port, empty (no persistence)
         await _wait_for(lambda: api.runtime.usage.held == 0)
         assert _metered(own_redis, "team-t/open") == 25
-        assert api.runtime.metrics.usage_merged._value.get() == 25
-        assert api.runtime.metrics.usage_dropped._value.get() == 0
+        assert await metric(api, "tenantry_api_usage_merged_total") == 25
+        assert await metric(api, "tenantry_api_usage_dropped_total") == 0
 
 
 async def test_fail_closed_refuses_with_503_and_retry_after(
@@ -157,7 +157,7 @@ async def test_local_usage_is_bounded_and_drops_are_counted(
         assert (await api.client.get("/v1/limits", headers=auth(alpha_key))).status_code == 200
         assert (await api.client.get("/v1/limits", headers=auth(open_key))).status_code == 200
         assert api.runtime.usage.held == 2
-        assert api.runtime.metrics.usage_dropped._value.get() == 1
+        assert await metric(api, "tenantry_api_usage_dropped_total") == 1
         metrics = (await api.client.get("/metrics")).text
         assert "tenantry_api_usage_dropped_total 1.0" in metrics
 

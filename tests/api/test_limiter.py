@@ -7,17 +7,17 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from tenantry.api.limiter import SCRIPT_SHA
+from tenantry.api.limiter.script import SCRIPT_SHA
+from tenantry.contract.months import month_of
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
     limiter_key,
     minute_of,
-    month_of,
     quota_key,
     usage_bucket_key,
     usage_index_key,
 )
-from tests.api.conftest import Api, auth
+from tests.api.conftest import Api, auth, metric
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +113,10 @@ async def test_a_refused_tenant_is_answered_from_the_cache_without_redis(
         assert response.headers["x-ratelimit-remaining"] == "0"
     after = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     assert after == before
-    decisions = api.runtime.metrics.limiter_decisions.labels("cache", "refused")
-    assert decisions._value.get() >= 20
+    decisions = await metric(
+        api, "tenantry_api_limiter_decisions_total", source="cache", decision="refused"
+    )
+    assert decisions >= 20
 
 
 async def test_the_script_is_reloaded_after_redis_forgets_it(api: Api, redis_url: str) -> None:

@@ -14,7 +14,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantry.api.limiter import SCRIPT, compile_spec, decision_from_reply, script_arguments
+from tenantry.api.limiter.script import SCRIPT, decision_from_reply, script_arguments
+from tenantry.api.limiter.spec import compile_spec
 from tenantry.contract.policy import gcra_decide, gcra_params
 from tenantry.contract.registry import TenantEntry
 from tenantry.contract.resources import EffectiveLimits, FailureMode, JobPriority

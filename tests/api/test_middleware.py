@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fastapi import Depends, Request
+from fastapi import FastAPI, Request
 
-from tenantry.api.auth import authenticated
 from tenantry.api.problems import ALL_KINDS
+from tenantry.api.routes import public
 from tenantry.api.versioning import deprecation
 from tests.api.conftest import Api, ServeApi, auth
 
@@ -80,16 +80,18 @@ async def test_a_valid_traceparent_gives_the_request_its_trace_id(api: Api) -> N
 async def test_an_oversize_body_is_refused_with_413_before_it_is_read(
     serve_api: ServeApi, database_url: str, redis_url: str
 ) -> None:
+    reads = []
+
+    async def echo(request: Request) -> dict[str, int]:
+        reads.append(1)
+        return {"size": len(await request.body())}
+
+    def echo_route(app: FastAPI) -> None:
+        app.add_api_route("/v1/echo", echo, methods=["POST"], dependencies=[public])
+
     async with serve_api(
-        database_url=database_url, redis_url=redis_url, max_body_bytes=1000
+        database_url=database_url, redis_url=redis_url, max_body_bytes=1000, routes=echo_route
     ) as api:
-        reads = []
-
-        async def echo(request: Request) -> dict[str, int]:
-            reads.append(1)
-            return {"size": len(await request.body())}
-
-        api.app.add_api_route("/v1/echo", echo, methods=["POST"])
         ok = await api.client.post("/v1/echo", content=b"x" * 1000)
         assert ok.json() == {"size": 1000}
         reads.clear()
@@ -184,30 +186,32 @@ async def test_the_access_log_has_one_line_per_request_and_no_key_material(
     assert key[16:] not in everything  # not even the secret part
 
 
-async def test_a_deprecated_route_announces_its_sunset(api: Api) -> None:
+async def test_a_deprecated_route_announces_its_sunset(
+    serve_api: ServeApi, database_url: str, redis_url: str
+) -> None:
     since = datetime(2026, 12, 1, tzinfo=UTC)
     sunset = datetime(2027, 6, 1, tzinfo=UTC)
 
     async def old_limits() -> dict[str, bool]:
         return {"ok": True}
 
-    api.app.add_api_route(
-        "/v1/old-limits",
-        old_limits,
-        deprecated=True,
-        dependencies=[
-            Depends(deprecation(since=since, sunset=sunset, successor="/v1/limits")),
-            Depends(authenticated),
-        ],
-    )
-    response = await api.client.get("/v1/old-limits", headers=auth(api.key("open")))
-    assert response.status_code == 200
-    assert response.headers["deprecation"] == f"@{int(since.timestamp())}"
-    assert response.headers["sunset"] == "Tue, 01 Jun 2027 00:00:00 GMT"
-    assert response.headers["link"] == '</v1/limits>; rel="successor-version"'
-    refused = await api.client.get("/v1/old-limits")
-    assert refused.status_code == 401
-    assert "sunset" in refused.headers
+    def old_route(app: FastAPI) -> None:
+        app.add_api_route(
+            "/v1/old-limits",
+            old_limits,
+            deprecated=True,
+            dependencies=[deprecation(since=since, sunset=sunset, successor="/v1/limits")],
+        )
+
+    async with serve_api(database_url=database_url, redis_url=redis_url, routes=old_route) as api:
+        response = await api.client.get("/v1/old-limits", headers=auth(api.key("open")))
+        assert response.status_code == 200
+        assert response.headers["deprecation"] == f"@{int(since.timestamp())}"
+        assert response.headers["sunset"] == "Tue, 01 Jun 2027 00:00:00 GMT"
+        assert response.headers["link"] == '</v1/limits>; rel="successor-version"'
+        refused = await api.client.get("/v1/old-limits")
+        assert refused.status_code == 401
+        assert "sunset" in refused.headers
 
 
 def test_a_sunset_before_the_deprecation_is_refused() -> None:

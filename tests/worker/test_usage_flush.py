@@ -17,10 +17,11 @@ import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tenantry.contract.months import month_of
 from tenantry.contract.registry import Registry
 from tenantry.contract.usage import (
-    month_of,
     quota_key,
+    quota_seeded_key,
     usage_cache_key,
     usage_index_key,
     usage_staging_index_key,
@@ -29,7 +30,7 @@ from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import JobStatus, UsageCounter, UsageFlush, UsageGranularity
 from tenantry.redis_client import create_redis
 from tenantry.sources import RegistryHolder
-from tenantry.worker.flush import UsageFlusher, quota_seeded_key
+from tenantry.worker.flush import UsageFlusher
 from tests.harness.servers import PostgresProcess
 from tests.worker.conftest import ACME, GLOBEX, Harness, fast_settings, tenant, wait_for
 from tests.worker.usage_writes import minutes_ago, record_requests

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import redis
 
+from tenantry.contract.months import month_of
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
-    month_of,
     quota_key,
     usage_bucket_key,
     usage_index_key,
