@@ -31,7 +31,7 @@ from typing import Any
 import fastapi.routing
 from fastapi import params
 from fastapi.dependencies.models import Dependant
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from tenantry.api.limiter.spec import route_name
@@ -219,17 +219,18 @@ def _http_routes(routes: Iterable[Any]) -> Iterator[Any]:
     contexts = getattr(fastapi.routing, "iter_route_contexts", None)
     for route in contexts(list(routes)) if contexts is not None else routes:
         original = getattr(route, "original_route", route)
-        if "websocket" in type(original).__name__.lower():
+        if isinstance(original, Route) and route.methods:
+            yield route
+        elif isinstance(original, WebSocketRoute):
             raise RouteTableError(
-                f"websocket route {getattr(route, 'path', '?')!r}: websockets are not served "
-                "behind the admission layer"
+                f"websocket route {original.path!r}: websockets are not served behind the "
+                "admission layer"
             )
-        if not all(hasattr(route, name) for name in ("path_format", "path_regex", "methods")):
+        else:
             raise RouteTableError(
-                f"{type(original).__name__} {getattr(route, 'path', '?')!r}: only routes "
-                "with a path and methods can be admitted (mounts cannot)"
+                f"{type(original).__name__} {getattr(original, 'path', '?')!r}: only HTTP "
+                "routes with methods can be admitted (mounts and hosts cannot)"
             )
-        yield route
 
 
 def _declaration(dependant: Dependant | None) -> RouteDeclaration:

@@ -1,0 +1,64 @@
+"""The series every request touches are tallied in plain numbers and read when scraped; what
+Prometheus scrapes is the same as prometheus_client's own types would expose."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tenantry.api.metrics import ApiMetrics
+
+
+def _samples(metrics: ApiMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_tallied_requests_and_latency_scrape_as_a_counter_and_a_histogram() -> None:
+    metrics = ApiMetrics()
+    ok = metrics.requests.cell("GET", "/v1/limits", "2xx")
+    latency = metrics.latency.cell("GET", "/v1/limits")
+    for seconds in (0.0004, 0.001, 0.003, 0.2, 9.0):
+        ok[0] += 1
+        metrics.latency.observe(latency, seconds)
+    samples = _samples(metrics)
+    route = (("method", "GET"), ("route", "/v1/limits"))
+    assert samples[("tenantry_api_requests_total", (*route, ("status_class", "2xx")))] == 5
+
+    def bucket(le: str) -> float:
+        return samples[("tenantry_api_request_duration_seconds_bucket", (("le", le), *route))]
+
+    # Buckets are cumulative and a value on a bound counts in that bucket (`le`).
+    assert [bucket(le) for le in ("0.001", "0.0025", "0.005", "0.25", "5.0", "+Inf")] == [
+        2,
+        2,
+        3,
+        4,
+        4,
+        5,
+    ]
+    assert samples[("tenantry_api_request_duration_seconds_count", route)] == 5
+    assert abs(samples[("tenantry_api_request_duration_seconds_sum", route)] - 9.2044) < 1e-9
+
+
+def test_limiter_decisions_are_counted_per_source_and_outcome() -> None:
+    metrics = ApiMetrics()
+    metrics.limiter_decisions.cell("redis", "allowed")[0] += 3
+    metrics.limiter_decisions.cell("cache", "refused")[0] += 1
+    samples = _samples(metrics)
+    assert (
+        samples[
+            ("tenantry_api_limiter_decisions_total", (("decision", "allowed"), ("source", "redis")))
+        ]
+        == 3
+    )
+    assert (
+        samples[
+            ("tenantry_api_limiter_decisions_total", (("decision", "refused"), ("source", "cache")))
+        ]
+        == 1
+    )
