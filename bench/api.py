@@ -8,6 +8,10 @@ divided by the requests it served: steadier than req/s on a shared machine) per 
 the ratios the goals are stated in: Tenantry vs bare FastAPI, and vs the faster peer. With
 `--rounds N` every variant is measured N times, interleaved, and each round is reported.
 
+On a machine with two or more cores the server runs alone on one core and wrk and Redis share
+another, so the variants do not compete with their load generator for a core (on a shared
+2-core machine that competition moved the ratios by a third from one run to the next).
+
     python -m bench.api [--duration 10] [--connections 64] [--rounds 1]
 """
 
@@ -93,6 +97,16 @@ def _latency_ms(text: str, percentile: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+PINNED = (os.cpu_count() or 1) >= 2
+SERVER_CPUS = {1}  # the server under test
+LOAD_CPUS = {0}  # this driver, wrk and Redis (they inherit it)
+
+
+def _on_server_cpus() -> None:
+    if PINNED:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
 def _wrk(url: str, key: str, seconds: int, connections: int) -> str:
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -126,6 +140,7 @@ def run_variant(
         env=variant_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_on_server_cpus,
     )  # fmt: skip
     try:
         wait_for_port(port)
@@ -160,6 +175,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="measure every variant N times")
     args = parser.parse_args()
+    if PINNED:
+        os.sched_setaffinity(0, LOAD_CPUS)
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-") as folder:
         work = Path(folder)
         redis = RedisProcess(work / "redis")
@@ -207,7 +224,8 @@ def report(results: list[Result], seconds: int, connections: int) -> None:
         (by_name["slowapi (Redis)"], by_name["fastapi-limiter (Redis)"]),
         key=lambda r: r.requests_per_second,
     )
-    print(f"\nwrk -t1 -c{connections} -d{seconds}s, one uvicorn process per variant\n")
+    pinning = "server on its own core, wrk and Redis on another" if PINNED else "not pinned"
+    print(f"\nwrk -t1 -c{connections} -d{seconds}s, one uvicorn process per variant, {pinning}\n")
     print(
         "| variant | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs bare | p99 vs bare "
         "| CPU vs bare |"

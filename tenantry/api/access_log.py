@@ -15,14 +15,17 @@ class AccessLog:
     It is the largest single cost of a request when written through a logging library, so
     the line is formatted here directly: the constant part is built once, names that repeat
     (route templates, tenant and key ids) are JSON-encoded once and remembered, and the
-    timestamp's seconds are formatted once a second. Lines are buffered and written out once
-    per event-loop iteration (one write for all the requests that finished in it), never
-    dropped. It needs no key redaction: its fields are ids, names and numbers, never a
-    presented header value (a request id is only kept when it matches a strict pattern that
-    needs no JSON escaping; a trace id is hex).
+    timestamp's seconds are formatted once a second. Lines are buffered and written out
+    together, `FLUSH_SECONDS` after the first of them (or at once when `MAX_PENDING` are
+    waiting, and when the app stops), never dropped: a write per event-loop iteration cost a
+    request more than formatting its line. It needs no key redaction: its fields are ids,
+    names and numbers, never a presented header value (a request id is only kept when it
+    matches a strict pattern that needs no JSON escaping; a trace id is hex).
     """
 
     MAX_NAMES = 65_536  # bounded: names come from the registry and the route table
+    FLUSH_SECONDS = 0.1
+    MAX_PENDING = 2_000
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -67,9 +70,11 @@ class AccessLog:
         )
         if len(pending) == 1:
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no loop (a synchronous caller): write now
                 self.flush()
+        elif len(pending) >= self.MAX_PENDING:
+            self.flush()
 
     def flush(self) -> None:
         if not self._pending:

@@ -91,37 +91,40 @@ class Admission:
     ) -> AdmittedCaller:
         """Authenticate, check the route's scopes, then limit, meter and set the rate-limit
         headers. The caller, or a `ProblemError` saying why not."""
-        address = client_address(scope, self._trusted)
-        wait = self._auth_failures.blocked_for(address)
-        if wait:
-            self._metrics.auth_failures.labels(TOO_MANY_AUTH_FAILURES.slug).inc()
-            raise ProblemError(
-                TOO_MANY_AUTH_FAILURES,
-                "too many failed authentications from this address; retry later",
-                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
-            )
+        failures = self._auth_failures
+        address = None
+        if failures.recorded:  # until an address fails, none can be blocked
+            address = client_address(scope, self._trusted)
+            wait = failures.blocked_for(address)
+            if wait:
+                self._metrics.auth_failures.labels(TOO_MANY_AUTH_FAILURES.slug).inc()
+                raise ProblemError(
+                    TOO_MANY_AUTH_FAILURES,
+                    "too many failed authentications from this address; retry later",
+                    headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+                )
         presented = presented_key(scope["headers"])
         try:
-            record = self._authenticator.authenticate(presented)
+            caller = self._authenticator.authenticate(presented)
         except ProblemError as error:
+            address = address or client_address(scope, self._trusted)
             if error.status_code == 401:
-                self._auth_failures.record_failure(address)
+                failures.record_failure(address)
             self._metrics.auth_failures.labels(error.kind.slug).inc()
             if self._refusals is not None:
                 self._refusals.offer(address, error.kind.slug, presented, context.request_id)
             raise
-        tenant = record.tenant
-        assert tenant.limits is not None  # authenticate refuses tenants without limits
-        caller = context.caller = AdmittedCaller(tenant, record.key, tenant.limits)
-        if not entry.scopes <= record.key.scopes:
-            check_scopes(record.key, entry.scopes)
+        context.caller = caller
+        tenant = caller.tenant
+        if not entry.scopes <= caller.key.scopes:
+            check_scopes(caller.key, entry.scopes)
         if self._metrics.tenant_label:
             self._metrics.tenant_requests.labels(tenant.tenant_id).inc()
         cell = (tenant.tenant_id, entry)
         spec = self._specs.get(cell)
         if spec is None:
             spec = self._specs[cell] = compile_spec(
-                tenant, tenant.limits, entry.method, entry.template
+                tenant, caller.limits, entry.method, entry.template
             )
         decision = context.decision = await self.limiter.decide(spec)
         context.rate_headers = rate_limit_headers(spec, decision)

@@ -67,15 +67,16 @@ class Authenticator:
     """The keys of the registry being served, and what is wrong with any other key.
 
     A key whose SHA-256 is known is known and intact (the secret carries 256 bits), so the
-    common case costs one hash and one dict lookup; anything else takes the full path that
-    says precisely what is wrong. Ids of keys removed from the registry while this process
-    ran are remembered (the newest `REVOKED_IDS_KEPT`), so a revoked key is told apart from
-    one that never existed.
+    common case costs one hash and one dict lookup, and finds the caller built when the
+    registry arrived; anything else takes the full path that says precisely what is wrong.
+    Ids of keys removed from the registry while this process ran are remembered (the newest
+    `REVOKED_IDS_KEPT`), so a revoked key is told apart from one that never existed.
     """
 
     def __init__(self) -> None:
         self._registry = EMPTY_REGISTRY
-        self._by_hash: dict[str, KeyRecord] = {}
+        # key hash → the key's record, and its caller when its tenant may be admitted
+        self._by_hash: dict[str, tuple[KeyRecord, AdmittedCaller | None]] = {}
         self._revoked: set[str] = set()
         self._revoked_order: deque[str] = deque()
 
@@ -89,22 +90,26 @@ class Authenticator:
         while len(self._revoked_order) > REVOKED_IDS_KEPT:
             self._revoked.discard(self._revoked_order.popleft())
         self._registry = registry
-        self._by_hash = {record.key.key_hash: record for record in registry.by_key_id.values()}
+        self._by_hash = {
+            record.key.key_hash: (record, _admissible(record))
+            for record in registry.by_key_id.values()
+        }
 
-    def authenticate(self, presented: str | None) -> KeyRecord:
-        """The registry record of a presented key, or a `ProblemError` saying what is wrong."""
+    def authenticate(self, presented: str | None) -> AdmittedCaller:
+        """The caller a presented key stands for, or a `ProblemError` saying what is wrong."""
         if not presented:
             raise ProblemError(
                 MISSING_API_KEY, "send the key as `Authorization: Bearer <key>` or `X-API-Key`"
             )
-        record = None
+        found = None
         if len(presented) == KEY_LENGTH and presented.isascii():
-            record = self._by_hash.get(hash_key(presented))
-        if record is None:
-            record = self._identify(presented)
+            found = self._by_hash.get(hash_key(presented))
+        record, caller = found if found is not None else (self._identify(presented), None)
         stored = record.key
         if stored.valid_until is not None or stored.expires_at is not None:
             _check_validity(stored, datetime.now(UTC))
+        if caller is not None:
+            return caller
         tenant = record.tenant
         if tenant.suspended:
             raise ProblemError(TENANT_SUSPENDED, f"tenant {tenant.tenant_id} is suspended")
@@ -114,7 +119,7 @@ class Authenticator:
                 f"tenant {tenant.tenant_id} refers to tier {tenant.tier!r}, which cannot be "
                 "resolved",
             )
-        return record
+        return AdmittedCaller(tenant, stored, tenant.limits)
 
     def _identify(self, presented: str) -> KeyRecord:
         try:
@@ -129,6 +134,14 @@ class Authenticator:
         if not verify_key(key, record.key.key_hash):
             raise ProblemError(UNKNOWN_API_KEY, f"no key {key} is known")
         return record
+
+
+def _admissible(record: KeyRecord) -> AdmittedCaller | None:
+    """The caller of a key whose tenant may be admitted (not suspended, its tier resolved)."""
+    tenant = record.tenant
+    if tenant.suspended or tenant.limits is None:
+        return None
+    return AdmittedCaller(tenant, record.key, tenant.limits)
 
 
 def _check_validity(stored: RegistryKey, now: datetime) -> None:
@@ -219,6 +232,11 @@ class AuthFailureLimiter:
         self._params = gcra_params(per_minute, burst)
         self._tats: OrderedDict[str, int] = OrderedDict()
         self._max_addresses = max_addresses
+
+    @property
+    def recorded(self) -> bool:
+        """True once any address has failed (until then no address can be blocked)."""
+        return bool(self._tats)
 
     def blocked_for(self, address: str) -> float:
         """Seconds until `address` may try again; 0 when it may now."""

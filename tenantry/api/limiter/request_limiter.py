@@ -68,11 +68,13 @@ class RequestLimiter:
     async def decide(self, spec: LimitSpec) -> Decision:
         wall = time.time()
         month = self._month
-        month.refresh(wall)
-        cached = self._cached_refusal(spec, wall)
-        if cached is not None:
-            cached.month_reset_s = math.ceil(month.ends_at - wall)
-            return cached
+        if wall >= month.ends_at:
+            month.refresh(wall)
+        if self._denied:
+            cached = self._cached_refusal(spec, wall)
+            if cached is not None:
+                cached.month_reset_s = math.ceil(month.ends_at - wall)
+                return cached
         if self._redis is None:
             decision = self._in_process.decide(spec, int(wall * 1_000_000), month, True)
             self._record_local(spec, decision, wall)
@@ -83,7 +85,7 @@ class RequestLimiter:
                 decision = decision_from_reply(await self._redis.run(self._call(spec, wall)))
                 if not self.redis_healthy:
                     log.info("redis_available")
-                self.redis_healthy = True
+                    self.redis_healthy = True
             except (RedisUnavailableError, RedisReplyError) as error:
                 self._metrics.redis_errors.labels("limiter").inc()
                 if self.redis_healthy:
@@ -158,8 +160,6 @@ class RequestLimiter:
             self._denied[(spec.tenant_id, spec.route)] = (until, (ROUTE_POLICY,), full_at)
 
     def _cached_refusal(self, spec: LimitSpec, wall: float) -> Decision | None:
-        if not self._denied:
-            return None
         for cell in (
             (spec.tenant_id, QUOTA_POLICY),
             (spec.tenant_id, ""),
