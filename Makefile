@@ -50,7 +50,7 @@ chart-crds: crds ## copy the generated CRDs into the Helm chart (charts/tenantry
 
 bench-api: $(VENV)/.installed servers ## API request path against bare FastAPI, slowapi and fastapi-limiter
 	scripts/ensure-wrk.sh
-	$(VENV)/bin/python -m bench.api
+	$(VENV)/bin/python -m bench.api --rounds 3
 
 bench-operator: $(VENV)/.installed ## operator: 1,000 tenants to Ready, memory at 10,000
 	$(VENV)/bin/python -m bench.operator

@@ -6,13 +6,17 @@ machine, under the same wrk load. It prints requests/s, p50 and p99 latency and 
 CPU time per request (user + system time of the uvicorn process over the measured run,
 divided by the requests it served: steadier than req/s on a shared machine) per variant, and
 the ratios the goals are stated in: Tenantry vs bare FastAPI, and vs the faster peer. With
-`--rounds N` every variant is measured N times, interleaved, and each round is reported.
+`--rounds N` every variant is measured N times and each round is reported. Bare FastAPI is
+measured between each two variants, and every ratio is against the bare runs just before and
+after the variant: the machine's speed drifts over a round.
 
-On a machine with two or more cores the server runs alone on one core and wrk and Redis share
-another, so the variants do not compete with their load generator for a core (on a shared
-2-core machine that competition moved the ratios by a third from one run to the next).
+On a machine with two or more cores the server runs on one core and wrk on another, so the
+variants do not compete with their load generator for a core; Redis is left to the
+scheduler (on two cores, pinning it beside wrk starved it, and every variant that calls
+Redis paid for the wait with smaller pipelined batches).
 
     python -m bench.api [--duration 10] [--connections 64] [--rounds 1]
+    python -m bench.api --pairs 8 --duration 3     # the CPU ratio, from alternating runs
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,7 +104,7 @@ def _latency_ms(text: str, percentile: str) -> float:
 
 PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPUS = {1}  # the server under test
-LOAD_CPUS = {0}  # this driver, wrk and Redis (they inherit it)
+LOAD_CPUS = {0}  # wrk
 
 
 def _on_server_cpus() -> None:
@@ -107,12 +112,19 @@ def _on_server_cpus() -> None:
         os.sched_setaffinity(0, SERVER_CPUS)
 
 
+def _on_load_cpus() -> None:
+    if PINNED:
+        os.sched_setaffinity(0, LOAD_CPUS)
+
+
 def _wrk(url: str, key: str, seconds: int, connections: int) -> str:
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-H", f"X-API-Key: {key}", url,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, preexec_fn=_on_load_cpus
+    ).stdout
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -174,9 +186,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per variant")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="measure every variant N times")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="instead: N runs of bare FastAPI and Tenantry's path, alternating, for the CPU ratio",
+    )
     args = parser.parse_args()
-    if PINNED:
-        os.sched_setaffinity(0, LOAD_CPUS)
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-") as folder:
         work = Path(folder)
         redis = RedisProcess(work / "redis")
@@ -196,57 +212,131 @@ def main() -> None:
                 "TENANTRY_REGISTRY__MANIFESTS": f'["{manifests}"]',
                 "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
             }
+            if args.pairs:
+                _pairs(args.pairs, env, key, args.duration, args.connections)
+                return
             rounds = []
             for number in range(1, args.rounds + 1):
                 print(f"round {number} of {args.rounds}", flush=True)
-                results = []
-                for variant in VARIANTS:
-                    result = run_variant(variant, env, key, args.duration, args.connections)
-                    results.append(result)
-                    print(
-                        f"  {variant.name:<42} {result.requests_per_second:>9.0f} req/s  "
-                        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                        f"CPU {result.cpu_us_per_request:5.1f} us/req  errors {result.errors}",
-                        flush=True,
-                    )
-                rounds.append(results)
+                rounds.append(_round(env, key, args.duration, args.connections))
         finally:
             redis.remove()
-    for number, results in enumerate(rounds, 1):
+    for number, measured in enumerate(rounds, 1):
         print(f"\n## round {number} of {len(rounds)}")
-        report(results, args.duration, args.connections)
+        report(measured, args.duration, args.connections)
 
 
-def report(results: list[Result], seconds: int, connections: int) -> None:
-    by_name = {result.name: result for result in results}
-    bare = by_name["bare FastAPI"]
+@dataclass
+class Measured:
+    """A variant's result beside bare FastAPI's, measured just before and just after it."""
+
+    result: Result
+    bare: Result  # the mean of the two bare runs around it
+
+    def ratio(self, field_name: str) -> float:
+        return float(getattr(self.result, field_name)) / float(getattr(self.bare, field_name))
+
+
+def _round(env: dict[str, str], key: str, seconds: int, connections: int) -> list[Measured]:
+    """Every variant once, with bare FastAPI measured between each two: the machine's speed
+    drifts within a round, so each variant is compared with the bare runs around it."""
+
+    def measure(variant: Variant) -> Result:
+        result = run_variant(variant, env, key, seconds, connections)
+        print(
+            f"  {variant.name:<42} {result.requests_per_second:>9.0f} req/s  "
+            f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+            f"CPU {result.cpu_us_per_request:5.1f} us/req  errors {result.errors}",
+            flush=True,
+        )
+        return result
+
+    bare_variant, *others = VARIANTS
+    before = measure(bare_variant)
+    measured = []
+    for variant in others:
+        result = measure(variant)
+        after = measure(bare_variant)
+        measured.append(Measured(result, _mean(before, after)))
+        before = after
+    return measured
+
+
+def _pairs(count: int, env: dict[str, str], key: str, seconds: int, connections: int) -> None:
+    """The steadiest figure on a noisy machine: short runs of bare FastAPI and each goal
+    variant back to back, and the median of the per-pair ratios."""
+    bare, *_ = VARIANTS
+    goals = [variant for variant in VARIANTS if variant.name in GOAL_VARIANTS]
+    ratios: dict[str, list[tuple[float, float]]] = {variant.name: [] for variant in goals}
+    for number in range(1, count + 1):
+        for variant in goals:
+            base = run_variant(bare, env, key, seconds, connections)
+            ours = run_variant(variant, env, key, seconds, connections)
+            ratios[variant.name].append(
+                (
+                    ours.cpu_us_per_request / base.cpu_us_per_request,
+                    ours.requests_per_second / base.requests_per_second,
+                )
+            )
+            print(
+                f"  pair {number}: {variant.name}: CPU {ours.cpu_us_per_request:.0f} vs "
+                f"{base.cpu_us_per_request:.0f} us/req, {ours.requests_per_second:.0f} vs "
+                f"{base.requests_per_second:.0f} req/s",
+                flush=True,
+            )
+    print(f"\n{count} pairs of wrk -t1 -c{connections} -d{seconds}s runs, bare FastAPI first:")
+    for name, pairs in ratios.items():
+        cpu = sorted(ratio for ratio, _ in pairs)
+        rate = sorted(rate for _, rate in pairs)
+        print(
+            f"{name}: CPU per request {statistics.median(cpu):.2f}x bare's "
+            f"(pairs {cpu[0]:.2f}-{cpu[-1]:.2f}; goal <= 1.33x), "
+            f"{statistics.median(rate):.0%} of bare's req/s (pairs {rate[0]:.0%}-{rate[-1]:.0%})"
+        )
+
+
+def _mean(first: Result, second: Result) -> Result:
+    return Result(
+        first.name,
+        (first.requests_per_second + second.requests_per_second) / 2,
+        (first.p50_ms + second.p50_ms) / 2,
+        (first.p99_ms + second.p99_ms) / 2,
+        first.errors + second.errors,
+        (first.cpu_us_per_request + second.cpu_us_per_request) / 2,
+    )
+
+
+def report(measured: list[Measured], seconds: int, connections: int) -> None:
+    by_name = {entry.result.name: entry for entry in measured}
     peer = max(
         (by_name["slowapi (Redis)"], by_name["fastapi-limiter (Redis)"]),
-        key=lambda r: r.requests_per_second,
+        key=lambda entry: entry.ratio("requests_per_second"),
     )
-    pinning = "server on its own core, wrk and Redis on another" if PINNED else "not pinned"
-    print(f"\nwrk -t1 -c{connections} -d{seconds}s, one uvicorn process per variant, {pinning}\n")
+    pinning = "server and wrk on a core each, Redis unpinned" if PINNED else "not pinned"
+    print(f"\nwrk -t1 -c{connections} -d{seconds}s, one uvicorn process per variant, {pinning}")
+    print("(each variant against bare FastAPI measured just before and after it)\n")
     print(
-        "| variant | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs bare | p99 vs bare "
-        "| CPU vs bare |"
+        "| variant | req/s | p50 ms | p99 ms | CPU µs/req | bare's req/s, CPU µs/req "
+        "| req/s vs bare | p99 vs bare | CPU vs bare |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for result in results:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for entry in measured:
+        result, bare = entry.result, entry.bare
         print(
             f"| {result.name} | {result.requests_per_second:.0f} | {result.p50_ms:.2f} | "
             f"{result.p99_ms:.2f} | {result.cpu_us_per_request:.0f} | "
-            f"{result.requests_per_second / bare.requests_per_second:.2f} | "
-            f"{result.p99_ms / bare.p99_ms:.2f} | "
-            f"{result.cpu_us_per_request / bare.cpu_us_per_request:.2f} |"
+            f"{bare.requests_per_second:.0f}, {bare.cpu_us_per_request:.0f} | "
+            f"{entry.ratio('requests_per_second'):.2f} | {entry.ratio('p99_ms'):.2f} | "
+            f"{entry.ratio('cpu_us_per_request'):.2f} |"
         )
     for name in GOAL_VARIANTS:
         ours = by_name[name]
         print(
-            f"\n{name}: {ours.requests_per_second / bare.requests_per_second:.0%} of bare "
-            f"(goal >= 75%), {ours.requests_per_second / peer.requests_per_second:.2f}x the "
-            f"faster peer, {peer.name} (goal >= 2x), p99 {ours.p99_ms / bare.p99_ms:.2f}x "
-            f"bare's (goal <= 1.5x), CPU per request "
-            f"{ours.cpu_us_per_request / bare.cpu_us_per_request:.2f}x bare's (goal <= 1.33x)"
+            f"\n{name}: {ours.ratio('requests_per_second'):.0%} of bare (goal >= 75%), "
+            f"{ours.ratio('requests_per_second') / peer.ratio('requests_per_second'):.2f}x the "
+            f"faster peer, {peer.result.name} (goal >= 2x), p99 {ours.ratio('p99_ms'):.2f}x "
+            f"bare's (goal <= 1.5x), CPU per request {ours.ratio('cpu_us_per_request'):.2f}x "
+            "bare's (goal <= 1.33x)"
         )
 
 

@@ -151,17 +151,18 @@ class RouteTable:
         with their full path; `public_paths` are public whatever they declare (FastAPI's
         documentation routes)."""
         templates: list[_Template] = []
-        by_path: dict[str, _Template] = {}
+        by_pattern: dict[str, _Template] = {}  # routes on the same path share a template
         for route in _http_routes(routes):
             path: str = route.path_format
-            template = by_path.get(path)
+            template = by_pattern.get(route.path_regex.pattern)
             if template is None:
                 convertors = dict(route.param_convertors)
                 template = _Template(path, route.path_regex, convertors, {}, not convertors)
                 templates.append(template)
-                by_path[path] = template
+                by_pattern[route.path_regex.pattern] = template
             declared = _declaration(getattr(route, "dependant", None))
-            if declared.reads_caller and (declared.public or path in public_paths):
+            is_public = declared.public or path in public_paths
+            if declared.reads_caller and is_public:
                 raise RouteTableError(
                     f"{path!r} is public, so it has no caller, but its handler takes one"
                 )
@@ -173,7 +174,7 @@ class RouteTable:
                     template=path,
                     name=route_name(method, path),
                     scopes=declared.scopes,
-                    public=declared.public or path in public_paths,
+                    public=is_public,
                     headers=declared.headers,
                     app=route.app,
                     route=getattr(route, "original_route", route),

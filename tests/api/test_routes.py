@@ -160,3 +160,16 @@ def test_routes_the_layer_cannot_stand_in_front_of_are_refused_by_name(tmp_path:
     mounted.mount("/static", StaticFiles(directory=tmp_path))
     with pytest.raises(RouteTableError, match="Mount '/static'"):
         _table(mounted)
+
+
+def test_routes_on_one_path_with_different_parameter_types_stay_apart() -> None:
+    app = FastAPI()
+    app.add_api_route("/items/{item_id:int}", _ok, methods=["GET"])
+    app.add_api_route("/items/{item_id}", _ok, methods=["DELETE"])
+    table = _table(app)
+    by_number = table.match("GET", "/items/5")
+    assert by_number.entry is not None
+    assert by_number.path_params == {"item_id": 5}
+    by_name = table.match("GET", "/items/five")
+    assert by_name.entry is None
+    assert by_name.allowed == ("DELETE",)
