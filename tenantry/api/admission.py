@@ -47,6 +47,7 @@ from tenantry.api.problems import (
     TOO_MANY_AUTH_FAILURES,
     ProblemError,
     problem_response,
+    refusal_response,
 )
 from tenantry.api.refusals import RefusalAudit
 from tenantry.api.routes import RouteEntry, RouteMatch, RouteTable
@@ -72,7 +73,7 @@ class Admission:
         trusted_proxies: tuple[TrustedNetwork, ...],
         refusals: RefusalAudit | None,
     ) -> None:
-        self.limiter = limiter
+        self._limiter = limiter
         self._metrics = metrics
         self._auth_failures = auth_failures
         self._trusted = trusted_proxies
@@ -84,7 +85,7 @@ class Admission:
         """Admit against a new registry snapshot (keys, tenants and limits may all change)."""
         self._authenticator.use(registry)
         self._specs = {}
-        self.limiter.forget()
+        self._limiter.forget()
 
     async def admit(
         self, scope: MutableMapping[str, Any], entry: RouteEntry, context: RequestContext
@@ -126,7 +127,7 @@ class Admission:
             spec = self._specs[cell] = compile_spec(
                 tenant, caller.limits, entry.method, entry.template
             )
-        decision = context.decision = await self.limiter.decide(spec)
+        decision = context.decision = await self._limiter.decide(spec)
         context.rate_headers = rate_limit_headers(spec, decision)
         if decision.allowed:
             return caller
@@ -184,14 +185,7 @@ class AdmissionLayer:
             try:
                 await self.admission.admit(scope, entry, context)
             except ProblemError as refusal:
-                response = problem_response(
-                    refusal.kind,
-                    refusal.detail,
-                    request_id=context.request_id,
-                    headers=refusal.headers,
-                    extensions=refusal.extensions,
-                )
-                await response(scope, receive, send)
+                await refusal_response(refusal, context.request_id)(scope, receive, send)
                 return
         await entry.app(scope, receive, send)
 

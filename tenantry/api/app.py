@@ -35,7 +35,6 @@ from tenantry.api.limiter.script import PipelinedScriptRunner, ScriptRunner
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
-from tenantry.api.routes import RouteTable
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
@@ -168,7 +167,7 @@ def _openapi_with_security(app: FastAPI, admission: AdmissionLayer) -> dict[str,
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    table = admission.table or RouteTable.compile(app.routes, public_paths=public_paths(app))
+    table = admission.table or admission.compile(public_paths(app))
     for entry in table.entries:
         operation = document["paths"].get(entry.template, {}).get(entry.method.lower())
         if operation is not None and not entry.public:

@@ -10,54 +10,77 @@ prometheus_client's own metric types.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "<unmatched>"
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-class TalliedCounter:
-    """A labelled counter kept in plain numbers and read when scraped.
+class _Tallied(Collector):
+    """A labelled metric kept in plain numbers and read when scraped.
 
-    Each label set's count is a one-element list its user increments (`cell[0] += 1`): no
-    lock and no call per increment, where prometheus_client's `Counter` takes a lock (see
+    Each label set has a cell, a list of numbers its user updates in place (`cell[0] += 1`):
+    no lock and no call per update, where prometheus_client's own types take a lock (see
     docs/benchmarks.md). For a single thread only: the API counts from its event loop.
     """
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        width: int,
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
+        self._width = width
         self._cells: dict[tuple[str, ...], list[float]] = {}
         registry.register(self)
 
     def cell(self, *labels: str) -> list[float]:
-        """The count of one label set (created at 0 on first use)."""
+        """The numbers of one label set (created at 0 on first use)."""
         cell = self._cells.get(labels)
         if cell is None:
-            cell = self._cells[labels] = [0.0]
+            cell = self._cells[labels] = [0.0] * self._width
         return cell
 
+    @abstractmethod
+    def _empty(self) -> Metric:
+        """The metric family, without samples."""
+
     def describe(self) -> list[Metric]:
-        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+        return [self._empty()]
+
+
+class TalliedCounter(_Tallied):
+    """A counter: a label set's cell holds its count."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        super().__init__(name, documentation, labelnames, registry, 1)
+
+    def _empty(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        family = self._empty()
         for labels, cell in list(self._cells.items()):
             family.add_metric(labels, cell[0])
         yield family
 
 
-class TalliedHistogram:
-    """A labelled histogram kept in plain numbers and read when scraped (see
-    `TalliedCounter`). A label set's cell holds a count per bucket (the last one for values
+class TalliedHistogram(_Tallied):
+    """A histogram: a label set's cell holds a count per bucket (the last one for values
     above every bound) and, at the end, the sum of the values."""
 
     def __init__(
@@ -68,28 +91,18 @@ class TalliedHistogram:
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = tuple(sorted(buckets))
-        self._cells: dict[tuple[str, ...], list[float]] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry, len(self._bounds) + 2)
 
-    def cell(self, *labels: str) -> list[float]:
-        cell = self._cells.get(labels)
-        if cell is None:
-            cell = self._cells[labels] = [0.0] * (len(self._bounds) + 2)
-        return cell
+    def _empty(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def observe(self, cell: list[float], value: float) -> None:
         cell[bisect_left(self._bounds, value)] += 1
         cell[-1] += value
 
-    def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
-
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        family = self._empty()
         for labels, cell in list(self._cells.items()):
             cumulative, buckets = 0.0, []
             for bound, count in zip((*map(repr, self._bounds), "+Inf"), cell, strict=False):

@@ -156,15 +156,20 @@ def request_id_of(request: Request) -> str | None:
     return getattr(context, "request_id", None)
 
 
-async def _on_problem(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ProblemError)
+def refusal_response(error: ProblemError, request_id: str | None) -> Response:
+    """The problem document a raised `ProblemError` stands for."""
     return problem_response(
         error.kind,
         error.detail,
-        request_id=request_id_of(request),
+        request_id=request_id,
         headers=error.headers,
         extensions=error.extensions,
     )
+
+
+async def _on_problem(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ProblemError)
+    return refusal_response(error, request_id_of(request))
 
 
 async def _on_http_error(request: Request, error: Exception) -> Response:

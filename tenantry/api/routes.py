@@ -135,14 +135,12 @@ class RouteTable:
     def __init__(self, templates: Sequence[_Template]) -> None:
         self._templates = tuple(templates)
         self._templated = tuple(t for t in templates if not t.static)
-        self._static: dict[str, dict[str, RouteMatch]] = {}
-        self._static_allowed: dict[str, tuple[str, ...]] = {}
+        # static path → where each of its methods goes, and its methods for `Allow`
+        self._static: dict[str, tuple[dict[str, RouteMatch], tuple[str, ...]]] = {}
         for template in templates:
             if template.static and template.template not in self._static:
-                self._static[template.template] = self._resolve(template.template)
-                self._static_allowed[template.template] = tuple(
-                    sorted(self._static[template.template])
-                )
+                resolved = self._resolve(template.template)
+                self._static[template.template] = (resolved, tuple(sorted(resolved)))
         self.entries = tuple(entry for t in templates for entry in t.entries.values())
 
     @classmethod
@@ -185,10 +183,11 @@ class RouteTable:
     def match(self, method: str, path: str) -> RouteMatch:
         static = self._static.get(path)
         if static is not None:
-            found = static.get(method)
+            resolved, allowed_here = static
+            found = resolved.get(method)
             if found is not None:
                 return RouteMatch(found.entry, dict(found.path_params))
-            return RouteMatch(None, {}, self._static_allowed[path])
+            return RouteMatch(None, {}, allowed_here)
         allowed: set[str] = set()
         for template in self._templated:
             params = template.params_of(path)

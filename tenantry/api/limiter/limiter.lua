@@ -33,7 +33,12 @@ else
   now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 end
 
-local function gcra(tat, interval, tolerance)
+local violated = 0
+local retry_after = 0
+
+-- One limit's GCRA step. A refusal adds `bit` to `violated` and its wait to `retry_after`.
+-- Returns the TAT to store if admitted, the requests remaining and the us until full again.
+local function gcra(tat, interval, tolerance, bit)
   local current = now
   if tat ~= nil and tat > now then
     current = tat
@@ -41,37 +46,29 @@ local function gcra(tat, interval, tolerance)
   local new_tat = current + interval
   local allow_at = new_tat - tolerance - interval
   if allow_at > now then
-    return false, current, 0, allow_at - now, current - now
+    violated = violated + bit
+    retry_after = math.max(retry_after, allow_at - now)
+    return current, 0, current - now
   end
   local waited = now - allow_at
-  return true, new_tat, (waited - waited % interval) / interval, 0, new_tat - now
+  return new_tat, (waited - waited % interval) / interval, new_tat - now
 end
 
-local violated = 0
-local retry_after = 0
 local tenant_interval = tonumber(ARGV[1])
 local route_field = ARGV[3]
 local route_interval = tonumber(ARGV[4])
-local tenant_ok, tenant_tat, tenant_remaining, tenant_retry, tenant_reset = true, nil, -1, 0, 0
-local route_ok, route_tat, route_remaining, route_retry, route_reset = true, nil, -1, 0, 0
+local tenant_tat, tenant_remaining, tenant_reset = nil, -1, 0
+local route_tat, route_remaining, route_reset = nil, -1, 0
 
 if tenant_interval > 0 or route_field ~= "" then
   local stored = redis.call("HMGET", KEYS[1], "", route_field)
   if tenant_interval > 0 then
-    tenant_ok, tenant_tat, tenant_remaining, tenant_retry, tenant_reset =
-      gcra(tonumber(stored[1]), tenant_interval, tonumber(ARGV[2]))
-    if not tenant_ok then
-      violated = violated + 1
-      retry_after = math.max(retry_after, tenant_retry)
-    end
+    tenant_tat, tenant_remaining, tenant_reset =
+      gcra(tonumber(stored[1]), tenant_interval, tonumber(ARGV[2]), 1)
   end
   if route_field ~= "" then
-    route_ok, route_tat, route_remaining, route_retry, route_reset =
-      gcra(tonumber(stored[2]), route_interval, tonumber(ARGV[5]))
-    if not route_ok then
-      violated = violated + 2
-      retry_after = math.max(retry_after, route_retry)
-    end
+    route_tat, route_remaining, route_reset =
+      gcra(tonumber(stored[2]), route_interval, tonumber(ARGV[5]), 2)
   end
 end
 
