@@ -117,7 +117,8 @@ class Admission:
             raise
         context.caller = caller
         tenant = caller.tenant
-        if not entry.scopes <= caller.key.scopes:
+        held = caller.key.scopes
+        if held is not None and not entry.scopes <= held:
             check_scopes(caller.key, entry.scopes)
         if self._metrics.tenant_label:
             self._metrics.tenant_requests.labels(tenant.tenant_id).inc()

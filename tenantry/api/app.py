@@ -172,7 +172,7 @@ def _openapi_with_security(app: FastAPI, admission: AdmissionLayer) -> dict[str,
         operation = document["paths"].get(entry.template, {}).get(entry.method.lower())
         if operation is not None and not entry.public:
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            operation["x-required-scopes"] = sorted(scope.value for scope in entry.scopes)
+            operation["x-required-scopes"] = sorted(entry.scopes)
     app.openapi_schema = document
     return document
 

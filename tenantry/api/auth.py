@@ -36,7 +36,7 @@ from tenantry.contract.keys import (
 )
 from tenantry.contract.policy import gcra_decide, gcra_params
 from tenantry.contract.registry import EMPTY_REGISTRY, KeyRecord, Registry, RegistryKey, TenantEntry
-from tenantry.contract.resources import EffectiveLimits, Scope
+from tenantry.contract.resources import EffectiveLimits
 
 TrustedNetwork = IPv4Network | IPv6Network
 
@@ -163,8 +163,8 @@ def _public(key_id: str) -> str:
     return f"{PREFIX}{key_id}_…"
 
 
-def check_scopes(key: RegistryKey, needed: Iterable[Scope]) -> None:
-    missing = sorted(scope.value for scope in needed if scope not in key.scopes)
+def check_scopes(key: RegistryKey, needed: Iterable[str]) -> None:
+    missing = sorted(scope for scope in needed if not key.holds(scope))
     if missing:
         raise ProblemError(
             INSUFFICIENT_SCOPE,

@@ -124,7 +124,7 @@ def _print_welcome(
         if entry.suspended or limits.requests_per_minute is None or state_of is None:
             continue
         for key in entry.keys:
-            if len(key.scopes) == 3 and key.name in state_of.keys and key.expires_at is None:
+            if key.scopes is None and key.name in state_of.keys and key.expires_at is None:
                 candidate = (limits.burst, tenant_id, state_of.keys[key.name].plaintext)
                 if demo is None or candidate[0] < demo[0]:
                     demo = candidate

@@ -28,7 +28,7 @@ from tenantry.api.problems import (
 )
 from tenantry.api.routes import requires
 from tenantry.api.runtime import ApiRuntime
-from tenantry.contract.resources import Scope
+from tenantry.contract.scopes import JOBS_READ, JOBS_WRITE
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import JobStatus
 from tenantry.jobs.kinds import InvalidPayloadError, JobKinds, UnknownJobKindError
@@ -155,7 +155,7 @@ def _actor(caller: AdmittedCaller) -> str:
     "",
     status_code=202,
     summary="Submit a job",
-    dependencies=[requires(Scope.JOBS_WRITE)],
+    dependencies=[requires(JOBS_WRITE)],
     response_model=JobResponse,
     responses=problem_responses(
         *AUTH_PROBLEMS,
@@ -232,7 +232,7 @@ def _invalid(field: str, message: str) -> ProblemError:
 @router.get(
     "",
     summary="List the caller's jobs, newest first",
-    dependencies=[requires(Scope.JOBS_READ)],
+    dependencies=[requires(JOBS_READ)],
     response_model=JobPageResponse,
     responses=problem_responses(*AUTH_PROBLEMS, INSUFFICIENT_SCOPE, VALIDATION_FAILED),
 )
@@ -264,7 +264,7 @@ async def list_jobs(
 @router.get(
     "/{job_id}",
     summary="Read a job",
-    dependencies=[requires(Scope.JOBS_READ)],
+    dependencies=[requires(JOBS_READ)],
     response_model=JobResponse,
     responses=problem_responses(*READ_PROBLEMS),
 )
@@ -284,7 +284,7 @@ async def get_job(
     "/{job_id}/cancel",
     status_code=202,
     summary="Cancel a job",
-    dependencies=[requires(Scope.JOBS_WRITE)],
+    dependencies=[requires(JOBS_WRITE)],
     response_model=JobResponse,
     responses=problem_responses(*READ_PROBLEMS, JOB_ALREADY_ENDED),
 )
@@ -313,7 +313,7 @@ async def cancel_job(
 @router.get(
     "/{job_id}/result",
     summary="Fetch a succeeded job's result (a file such as CSV, or JSON)",
-    dependencies=[requires(Scope.JOBS_READ)],
+    dependencies=[requires(JOBS_READ)],
     responses={
         200: {
             "content": {

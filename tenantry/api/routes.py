@@ -4,7 +4,7 @@ route makes to the admission layer.
 A route declares what admission needs with FastAPI dependencies that the table reads when it
 is compiled (per request they do nothing):
 
-    @router.get("/v1/usage", dependencies=[requires(Scope.USAGE_READ)])
+    @router.get("/v1/usage", dependencies=[requires("usage:read")])
     async def get_usage(caller: Caller): ...        # Caller: tenantry.api.context
 
     @router.get("/livez", dependencies=[public])
@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from tenantry.api.limiter.spec import route_name
-from tenantry.contract.resources import Scope
+from tenantry.contract.scopes import checked_scope
 
 DECLARATION = "__tenantry_route__"  # the attribute a declaring dependency carries
 
@@ -44,7 +44,7 @@ DECLARATION = "__tenantry_route__"  # the attribute a declaring dependency carri
 class RouteDeclaration:
     """What a route tells the admission layer (declarations of one route add up)."""
 
-    scopes: frozenset[Scope] = frozenset()
+    scopes: frozenset[str] = frozenset()
     public: bool = False
     headers: tuple[tuple[bytes, bytes], ...] = ()  # put on every response of the route
     reads_caller: bool = False  # the handler takes the admitted caller
@@ -70,10 +70,14 @@ def declare(declaration: RouteDeclaration, name: str) -> params.Depends:
     return params.Depends(declared)
 
 
-def requires(*scopes: Scope) -> params.Depends:
-    """Declare that a route's caller must hold every one of `scopes` (403 otherwise)."""
-    names = "_".join(sorted(scope.value.replace(":", "_") for scope in scopes))
-    return declare(RouteDeclaration(scopes=frozenset(scopes)), f"requires_{names}")
+def requires(*scopes: str) -> params.Depends:
+    """Declare that a route's caller must hold every one of `scopes`, each `resource:action`
+    (403 otherwise). A malformed scope is refused here, where the route is declared."""
+    if not scopes:
+        raise ValueError("requires() needs at least one scope")
+    checked = frozenset(checked_scope(scope) for scope in scopes)
+    names = "_".join(sorted(scope.replace(":", "_") for scope in checked))
+    return declare(RouteDeclaration(scopes=checked), f"requires_{names}")
 
 
 public = declare(RouteDeclaration(public=True), "public")
@@ -87,7 +91,7 @@ class RouteEntry:
     method: str
     template: str  # the path template, e.g. `/v1/jobs/{job_id}`
     name: str  # `METHOD /template`: the key of a policy's route override, the usage field
-    scopes: frozenset[Scope]
+    scopes: frozenset[str]
     public: bool
     headers: tuple[tuple[bytes, bytes], ...]
     app: ASGIApp = field(repr=False)  # the route's handler, as an ASGI app

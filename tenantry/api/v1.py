@@ -28,7 +28,8 @@ from tenantry.api.problems import (
 from tenantry.api.routes import requires
 from tenantry.api.runtime import ApiRuntime
 from tenantry.contract.months import month_of, month_start, next_month_start
-from tenantry.contract.resources import FailureMode, JobPriority, RouteLimit, Scope
+from tenantry.contract.resources import FailureMode, JobPriority, RouteLimit
+from tenantry.contract.scopes import USAGE_READ
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
     usage_bucket_key,
@@ -62,7 +63,7 @@ class ResponseModel(BaseModel):
 class KeyInfo(ResponseModel):
     name: str
     key_id: str
-    scopes: list[Scope]
+    scopes: list[str] | None = Field(description="Null when the key holds every scope.")
     expires_at: datetime | None
 
 
@@ -101,7 +102,7 @@ class LimitsResponse(ResponseModel):
                     "key": {
                         "name": "production",
                         "key_id": "AbCdEf012345",
-                        "scopes": ["jobs:read", "jobs:write", "usage:read"],
+                        "scopes": None,
                         "expires_at": None,
                     },
                     "rate": {
@@ -213,7 +214,7 @@ async def get_limits(request: Request, caller: Caller) -> LimitsResponse:
         key=KeyInfo(
             name=key.name,
             key_id=key.key_id,
-            scopes=sorted(key.scopes),
+            scopes=sorted(key.scopes) if key.scopes is not None else None,
             expires_at=key.expires_at,
         ),
         rate=rate,
@@ -229,7 +230,7 @@ async def get_limits(request: Request, caller: Caller) -> LimitsResponse:
     "/usage",
     summary="The caller's usage this month, per day, against its quota",
     response_model=UsageResponse,
-    dependencies=[requires(Scope.USAGE_READ)],
+    dependencies=[requires(USAGE_READ)],
     responses={
         200: {"headers": RATE_LIMIT_HEADERS},
         **problem_responses(

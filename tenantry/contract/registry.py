@@ -26,7 +26,6 @@ from tenantry.contract.resources import (
     ContractModel,
     EffectiveLimits,
     RateLimitPolicy,
-    Scope,
 )
 
 REGISTRY_LABEL = "tenantry.io/registry"
@@ -43,15 +42,18 @@ class RegistryKey(ContractModel):
     key_id: str
     key_hash: str
     name: str
-    scopes: frozenset[Scope] = frozenset(Scope)
+    scopes: frozenset[str] | None = None  # None: every scope
     expires_at: datetime | None = None
     # A rotated key's previous secret stays valid until then (a separate entry, same name).
     valid_until: datetime | None = None
 
     @field_serializer("scopes")
-    def _scopes_in_order(self, scopes: frozenset[Scope]) -> list[str]:
+    def _scopes_in_order(self, scopes: frozenset[str] | None) -> list[str] | None:
         """A set has no order; the encoded entry must, or equal registries hash apart."""
-        return sorted(scope.value for scope in scopes)
+        return sorted(scopes) if scopes is not None else None
+
+    def holds(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
 
     def usable_at(self, now: datetime) -> bool:
         ends = [t for t in (self.expires_at, self.valid_until) if t is not None]

@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from tenantry.contract.scopes import ScopeName
+
 GROUP = "tenantry.io"
 VERSION = "v1alpha1"
 API_VERSION: Final = "tenantry.io/v1alpha1"
@@ -99,14 +101,6 @@ class FailureMode(StrEnum):
     OPEN = "open"  # serve, count usage in process, merge it once Redis is back
     CLOSED = "closed"  # refuse with 503 and Retry-After
     LOCAL = "local"  # an in-process GCRA per replica, the rate divided by the replica count
-
-
-class Scope(StrEnum):
-    """What an API key may do; a key without `scopes` holds all of them."""
-
-    JOBS_READ = "jobs:read"
-    JOBS_WRITE = "jobs:write"
-    USAGE_READ = "usage:read"
 
 
 RequestsPerMinute = Annotated[
@@ -270,16 +264,18 @@ class ApiKeySpec(ContractModel):
         datetime | None, Field(description="When the key stops working (RFC 3339).")
     ] = None
     scopes: Annotated[
-        list[Scope] | None,
+        list[ScopeName] | None,
         Field(
             min_length=1,
-            description="What the key may do; absent means every scope.",
+            max_length=64,
+            description="What the key may do (`resource:action`); absent means every scope.",
             json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ] = None
 
-    def granted_scopes(self) -> frozenset[Scope]:
-        return frozenset(self.scopes) if self.scopes is not None else frozenset(Scope)
+    def granted_scopes(self) -> frozenset[str] | None:
+        """The key's scopes; None when it holds every scope."""
+        return frozenset(self.scopes) if self.scopes is not None else None
 
 
 DEFAULT_ROTATION_GRACE_SECONDS = 24 * 3600

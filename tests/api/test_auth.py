@@ -9,7 +9,6 @@ import pytest
 
 from tenantry.contract.keys import generate_key
 from tenantry.contract.registry import Registry, RegistryKey, TenantEntry
-from tenantry.contract.resources import Scope
 from tests.api.conftest import Api, ServeApi, auth
 
 pytestmark = pytest.mark.integration
@@ -126,7 +125,7 @@ async def test_a_key_without_the_routes_scope_gets_403_naming_it(api: Api) -> No
     assert response.status_code == 403
     body = response.json()
     assert body["type"] == PROBLEMS + "insufficient-scope"
-    assert body["missing_scopes"] == [Scope.USAGE_READ.value]
+    assert body["missing_scopes"] == ["usage:read"]
     assert "usage:read" in body["detail"]
 
 

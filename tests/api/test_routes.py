@@ -13,7 +13,6 @@ from fastapi.staticfiles import StaticFiles
 from tenantry.api.context import Caller
 from tenantry.api.routes import RouteTable, RouteTableError, public, requires
 from tenantry.api.versioning import deprecation
-from tenantry.contract.resources import Scope
 
 
 async def _ok() -> dict[str, bool]:
@@ -26,10 +25,10 @@ def _table(app: FastAPI) -> RouteTable:
 
 def _app() -> FastAPI:
     app = FastAPI()
-    jobs = APIRouter(prefix="/v1/jobs", dependencies=[requires(Scope.JOBS_READ)])
+    jobs = APIRouter(prefix="/v1/jobs", dependencies=[requires("jobs:read")])
     jobs.add_api_route("/{job_id}", _ok, methods=["GET"])
     jobs.add_api_route("/{job_id}", _ok, methods=["DELETE"])
-    jobs.add_api_route("", _ok, methods=["POST"], dependencies=[requires(Scope.JOBS_WRITE)])
+    jobs.add_api_route("", _ok, methods=["POST"], dependencies=[requires("jobs:write")])
     app.include_router(jobs)
     app.add_api_route("/items/{item_id:int}", _ok, methods=["GET"])
     app.add_api_route("/items/latest", _ok, methods=["GET", "PUT"])
@@ -104,8 +103,8 @@ def test_declarations_add_up_from_the_router_and_the_route() -> None:
     read = table.match("GET", "/v1/jobs/1").entry
     assert submit is not None
     assert read is not None
-    assert submit.scopes == {Scope.JOBS_READ, Scope.JOBS_WRITE}
-    assert read.scopes == {Scope.JOBS_READ}
+    assert submit.scopes == {"jobs:read", "jobs:write"}
+    assert read.scopes == {"jobs:read"}
     assert not submit.public
 
 
@@ -173,3 +172,27 @@ def test_routes_on_one_path_with_different_parameter_types_stay_apart() -> None:
     by_name = table.match("GET", "/items/five")
     assert by_name.entry is None
     assert by_name.allowed == ("DELETE",)
+
+
+@pytest.mark.parametrize(
+    ("scope", "complaint"),
+    [
+        ("Reports Read", "not `resource:action` in lower case"),
+        ("a:b:c", "not `resource:action` in lower case"),
+        ("reports", "not `resource:action` in lower case"),
+        ("reports:" + "r" * 292, "longer than 64 characters"),
+    ],
+)
+def test_a_malformed_scope_is_refused_where_the_route_declares_it(
+    scope: str, complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        requires(scope)
+
+
+def test_scopes_are_open_ended_resource_actions() -> None:
+    app = FastAPI()
+    app.add_api_route("/reports", _ok, methods=["POST"], dependencies=[requires("reports:write")])
+    entry = _table(app).match("POST", "/reports").entry
+    assert entry is not None
+    assert entry.scopes == {"reports:write"}

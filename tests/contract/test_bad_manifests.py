@@ -109,9 +109,19 @@ BAD_MANIFESTS = [
         id="duplicate-key-name",
     ),
     pytest.param(
-        _with(TENANT, "spec.keys.0.scopes", ["jobs:delete"]),
-        "spec.keys.0.scopes.0", "'jobs:read', 'jobs:write' or 'usage:read'", "is not one of",
-        id="unknown-scope",
+        _with(TENANT, "spec.keys.0.scopes", ["Reports Read"]),
+        "spec.keys.0.scopes.0", "should match pattern", "does not match",
+        id="scope-with-a-space",
+    ),
+    pytest.param(
+        _with(TENANT, "spec.keys.0.scopes", ["a:b:c"]),
+        "spec.keys.0.scopes.0", "should match pattern", "does not match",
+        id="scope-with-two-colons",
+    ),
+    pytest.param(
+        _with(TENANT, "spec.keys.0.scopes", ["reports:" + "r" * 292]),
+        "spec.keys.0.scopes.0", "at most 64 characters", "is too long",
+        id="scope-of-300-characters",
     ),
     pytest.param(
         _with(TENANT, "spec.allowedOrigins", ["app.acme.example"]),
