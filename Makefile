@@ -13,10 +13,22 @@ export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Tenantry and the example plug-in `make run` serves beside it, each installed as a
+# distribution, so the plug-in's entry points are read from installed metadata.
+EXAMPLE_PLUGIN := examples/gps-reliability
+
+$(VENV)/.installed: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,bench]' -e $(EXAMPLE_PLUGIN)
+	touch $@
+
+# The plug-in only the tests serve, installed as a distribution of its own into a folder the
+# tests put on PYTHONPATH (so `make run` does not serve it).
+TEST_PLUGINS := $(CURDIR)/.tools/test-plugins
+$(TEST_PLUGINS)/.installed: $(VENV)/.installed $(wildcard tests/plugin_dist/*.toml tests/plugin_dist/*/*.py)
+	rm -rf $(TEST_PLUGINS)
+	$(VENV)/bin/python -m pip install --quiet --no-deps --target $(TEST_PLUGINS) ./tests/plugin_dist
 	touch $@
 
 run: $(VENV)/.installed ## run the platform locally on its embedded defaults (no servers needed)
@@ -35,8 +47,8 @@ lint: $(VENV)/.installed ## ruff
 typecheck: $(VENV)/.installed ## mypy, strict
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed servers helm ## the test suite against real servers
-	$(VENV)/bin/pytest
+pytest: $(VENV)/.installed $(TEST_PLUGINS)/.installed servers helm ## the test suite against real servers
+	PYTHONPATH=$(TEST_PLUGINS) $(VENV)/bin/pytest
 
 test: lint typecheck pytest ## everything CI runs: lint, types, tests
 

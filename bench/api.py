@@ -78,10 +78,12 @@ VARIANTS = (
     ),
     # The handler reads the admitted caller: FastAPI's cost of one dependency.
     Variant("Tenantry, handler takes `caller: Caller`", "tenantry_caller_app"),
+    # The route a plug-in serves: its router, a scope of its own, the handler reading the caller.
+    Variant("Tenantry, plug-in route", "tenantry_plugin_app"),
     # The limiter's script calls on redis-py's asyncio client instead of the pipelined one.
     Variant("Tenantry, limiter on redis-py", "tenantry_redis_py_app"),
 )
-GOAL_VARIANTS = ("Tenantry", "Tenantry, no access log")
+GOAL_VARIANTS = ("Tenantry", "Tenantry, no access log", "Tenantry, plug-in route")
 
 
 @dataclass

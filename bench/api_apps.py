@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tenantry.api import Caller, requires
 from tenantry.api.app import app_from_environment, create_app
-from tenantry.api.context import Caller
 from tenantry.api.limiter.script import SCRIPT, SCRIPT_SHA, ScriptCall
+from tenantry.api.plugins import Plugin
 from tenantry.api.redis_pipeline import RedisReplyError, RedisUnavailableError
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
@@ -118,6 +119,20 @@ def tenantry_caller_app() -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+def tenantry_plugin_app() -> FastAPI:
+    """The same route served by a plug-in, as `tenantry api` mounts an installed one: its own
+    router, a scope of its own, and the handler reading the caller."""
+    router = APIRouter()
+
+    @router.get(PING_PATH, dependencies=[requires("bench:ping")])
+    async def ping(caller: Caller) -> dict[str, bool]:
+        return {"ok": True}
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, plugins=[Plugin("bench", router)])
 
 
 class RedisPyScriptRunner:

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from tenantry.api.cli import api_command, dev_command
+from tenantry.api.cli import api_command
 from tenantry.contract.crds import render_crds
 from tenantry.contract.manifests import ManifestError, load_manifests
+from tenantry.dev import dev_command
 from tenantry.operator.cli import operator_command
 from tenantry.settings import get_settings
 from tenantry.worker.commands import audit_app, beat, worker_app

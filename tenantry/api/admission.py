@@ -19,7 +19,7 @@ carries. Requests that are not HTTP (the lifespan) go on to the router.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.routing import Router
@@ -152,14 +152,23 @@ class AdmissionLayer:
     """The ASGI component in the router's place (see the module's docstring). The table is
     compiled at start-up (`compile`), once every route is declared."""
 
-    def __init__(self, router: Router, admission: Admission) -> None:
+    def __init__(
+        self,
+        router: Router,
+        admission: Admission,
+        *,
+        owners: Mapping[Callable[..., Any], str] | None = None,
+    ) -> None:
         self._router = router
         self._next = router.middleware_stack
+        self._owners = owners
         self.admission = admission
         self.table: RouteTable | None = None
 
     def compile(self, public_paths: frozenset[str]) -> RouteTable:
-        self.table = RouteTable.compile(self._router.routes, public_paths=public_paths)
+        self.table = RouteTable.compile(
+            self._router.routes, public_paths=public_paths, owners=self._owners
+        )
         return self.table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

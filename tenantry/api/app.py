@@ -1,5 +1,8 @@
 """The FastAPI application factory: `create_app(settings)`; `tenantry api` serves it.
 
+Tenantry's own routes and every installed plug-in's (`tenantry.api.plugins`) are assembled
+into one app; a plug-in that cannot be mounted stops the app from being built at all.
+
 What lives as long as the process is built here once (clients, registry source, limiter,
 metrics) and started and stopped by the lifespan; requests only read it. A request passes
 the API middleware (`middleware`: request id, body limit, CORS, security headers, metrics,
@@ -15,29 +18,30 @@ import contextlib
 import gc
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import FrameType
 from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from opentelemetry.trace import Tracer
 from redis.exceptions import RedisError
 
 from tenantry import __version__
 from tenantry.api import jobs, probes, v1
 from tenantry.api.admission import AdmissionLayer
-from tenantry.api.auth import SECURITY_SCHEMES
 from tenantry.api.limiter.local_usage import merge_local_usage
 from tenantry.api.limiter.script import PipelinedScriptRunner, ScriptRunner
 from tenantry.api.middleware import ApiMiddleware
+from tenantry.api.openapi import openapi_document
+from tenantry.api.plugins import Plugin, discover_plugins, mount_plugins
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
+from tenantry.jobs.service import JobsService
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
 from tenantry.settings import Settings, get_settings
@@ -46,6 +50,10 @@ from tenantry.sources import RegistrySource, registry_source
 log = structlog.get_logger("tenantry.api")
 
 FIRST_REGISTRY_WAIT_SECONDS = 10.0
+
+JobsInProcess = Callable[[ApiRuntime], AbstractAsyncContextManager[JobsService]]
+"""Runs jobs beside the API for as long as it serves, and gives the service submitting them
+(`tenantry dev`); without it, jobs go to the Celery broker."""
 
 DESCRIPTION = """
 Tenantry's consumer API. Authenticate with `Authorization: Bearer <key>` or `X-API-Key`.
@@ -62,9 +70,11 @@ def create_app(
     source: RegistrySource | None = None,
     tracer: Tracer | None = None,
     scripts: ScriptRunner | None = None,
+    plugins: Sequence[Plugin] | None = None,
+    jobs_in_process: JobsInProcess | None = None,
 ) -> FastAPI:
     """The API app. `source`, `tracer` and `scripts` (the limiter's way to Redis) replace
-    what the settings would make."""
+    what the settings would make; `plugins` replace the installed ones."""
     settings = settings or get_settings()
     redis = (
         create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
@@ -106,12 +116,17 @@ def create_app(
         restore_sigterm = _drain_on_sigterm(runtime)
         log.info("api_started", registry_loaded=runtime.holder.loaded)
         try:
-            yield
+            async with AsyncExitStack() as alongside:
+                if jobs_in_process is not None:
+                    app.state.jobs = await alongside.enter_async_context(jobs_in_process(runtime))
+                yield
         finally:
             restore_sigterm()
             runtime.draining = True
             runtime.access_log.flush()
             gc.unfreeze()
+            if runtime.refusals is not None:
+                await runtime.refusals.drain(runtime.settings.api.database_timeout_seconds)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -142,14 +157,27 @@ def create_app(
     )
     app.state.runtime = runtime
     install_problem_handlers(app)
+    owners = assemble_routes(app, discover_plugins() if plugins is None else plugins)
+    app.add_middleware(ApiMiddleware, runtime=runtime)
+    admission = AdmissionLayer(app.router, runtime.admission, owners=owners)
+    app.router.middleware_stack = admission
+    app.openapi = lambda: _openapi(app, admission)  # type: ignore[method-assign]
+    return app
+
+
+def assemble_routes(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[..., Any], str]:
+    """Tenantry's own routes, then the plug-ins' (see `mount_plugins`)."""
     app.include_router(probes.router)
     app.include_router(v1.router)
     app.include_router(jobs.router)
-    app.add_middleware(ApiMiddleware, runtime=runtime)
-    admission = AdmissionLayer(app.router, runtime.admission)
-    app.router.middleware_stack = admission
-    app.openapi = lambda: _openapi_with_security(app, admission)  # type: ignore[method-assign]
-    return app
+    return mount_plugins(app, plugins)
+
+
+def check_plugins() -> tuple[Plugin, ...]:
+    """The installed plug-ins, once they are known to mount (a `PluginError` otherwise)."""
+    plugins = discover_plugins()
+    assemble_routes(FastAPI(), plugins)
+    return plugins
 
 
 def public_paths(app: FastAPI) -> frozenset[str]:
@@ -158,23 +186,12 @@ def public_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(url for url in urls if url)
 
 
-def _openapi_with_security(app: FastAPI, admission: AdmissionLayer) -> dict[str, Any]:
-    """The OpenAPI document, with the key schemes on every operation the admission layer
-    protects, and the scopes it requires, taken from the route table when first asked."""
-    if app.openapi_schema is not None:
-        return app.openapi_schema
-    document = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
-    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-    table = admission.table or admission.compile(public_paths(app))
-    for entry in table.entries:
-        operation = document["paths"].get(entry.template, {}).get(entry.method.lower())
-        if operation is not None and not entry.public:
-            operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            operation["x-required-scopes"] = sorted(entry.scopes)
-    app.openapi_schema = document
-    return document
+def _openapi(app: FastAPI, admission: AdmissionLayer) -> dict[str, Any]:
+    """The OpenAPI document, built from the route table when first asked."""
+    if app.openapi_schema is None:
+        table = admission.table or admission.compile(public_paths(app))
+        app.openapi_schema = openapi_document(app, table)
+    return app.openapi_schema
 
 
 def app_from_environment() -> FastAPI:

@@ -62,6 +62,38 @@ class AdmittedCaller:
     key: RegistryKey
     limits: EffectiveLimits
 
+    # What a plug-in reads; these names are part of the plug-in contract and stay stable.
+
+    @property
+    def tenant_id(self) -> str:
+        """`<namespace>/<name>` of the tenant's `ApiTenant`."""
+        return self.tenant.tenant_id
+
+    @property
+    def namespace(self) -> str:
+        return self.tenant.tenant_id.partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.tenant.tenant_id.partition("/")[2]
+
+    @property
+    def tier(self) -> str:
+        """The name of the tenant's `RateLimitPolicy`."""
+        return self.tenant.tier
+
+    @property
+    def key_name(self) -> str:
+        return self.key.name
+
+    @property
+    def scopes(self) -> frozenset[str] | None:
+        """The key's scopes; None when the key holds every scope."""
+        return self.key.scopes
+
+    def holds(self, scope: str) -> bool:
+        return self.key.holds(scope)
+
 
 class Authenticator:
     """The keys of the registry being served, and what is wrong with any other key.

@@ -1,4 +1,5 @@
-"""`/v1/jobs`: submit, read, list, cancel and fetch the result of the caller's jobs.
+"""`/v1/jobs`: submit, read, list, cancel and fetch the result of the caller's jobs; and
+`Jobs`, the way any handler (a plug-in's too) submits a job for its caller.
 
 The router is thin on purpose: `tenantry.jobs.service` holds the rules (idempotency,
 tenant scoping, the atomic cancel), and this module maps them to HTTP. The tenant always comes
@@ -8,10 +9,13 @@ from the authenticated key, never from the request, so a tenant cannot name anot
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry.api.auth import AdmittedCaller
@@ -139,6 +143,87 @@ def jobs_service(request: Request) -> JobsService:
 
 
 Service = Annotated[JobsService, Depends(jobs_service)]
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job a handler submitted: `created` is False for a replay of an earlier submission
+    with the same idempotency key (the same job comes back)."""
+
+    id: uuid.UUID
+    created: bool
+    status_code: int
+    body: dict[str, Any]
+
+    @property
+    def location(self) -> str:
+        return f"/v1/jobs/{self.id}"
+
+    def response(self) -> JSONResponse:
+        """The answer `POST /v1/jobs` gives: 202 with the job, `Location` where the tenant
+        follows it, and `Idempotent-Replayed: true` on a replay."""
+        headers = {"Location": self.location}
+        if not self.created:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(self.body, status_code=self.status_code, headers=headers)
+
+
+class CallerJobs:
+    """Jobs submitted on behalf of the admitted caller's tenant, with the idempotency, tier
+    priority, `maxConcurrentJobs`, retries, cancellation and results of `/v1/jobs`."""
+
+    def __init__(self, service: JobsService, caller: AdmittedCaller, request: Request) -> None:
+        self._service = service
+        self._caller = caller
+        self._request = request
+
+    async def submit(
+        self, kind: str, payload: Mapping[str, Any], *, idempotency_key: str
+    ) -> SubmittedJob:
+        """Store the job, then queue it on the tenant's priority queue. A kind this process
+        does not know, or a payload its kind refuses, is a 422 problem; a tenant whose tier
+        cannot be resolved (or no jobs backend) is a 503 problem."""
+        request = self._request
+        try:
+            outcome = await self._service.submit(
+                self._caller.tenant,
+                JobSubmission(
+                    kind=kind,
+                    payload=payload,
+                    idempotency_key=idempotency_key,
+                    actor=_actor(self._caller),
+                    request_id=request_id_of(request),
+                    trace_context=request.headers.get("traceparent"),
+                ),
+            )
+        except UnknownJobKindError as error:
+            raise _invalid("kind", str(error)) from error
+        except InvalidPayloadError as error:
+            invalid = [
+                {
+                    "field": ".".join(["body", "payload", *(str(p) for p in e["loc"])]),
+                    "message": str(e["msg"]),
+                }
+                for e in error.errors
+            ]
+            raise ProblemError(
+                VALIDATION_FAILED, str(error), extensions={"invalid_params": invalid}
+            ) from error
+        except IdempotencyKeyReusedError as error:
+            raise ProblemError(IDEMPOTENCY_KEY_REUSED, str(error)) from error
+        except TenantCannotRunJobsError as error:
+            raise ProblemError(JOBS_UNAVAILABLE, str(error)) from error
+        return SubmittedJob(
+            outcome.job_id, outcome.created, outcome.response_status, outcome.response_body
+        )
+
+
+def caller_jobs(request: Request, caller: Caller, service: Service) -> CallerJobs:
+    return CallerJobs(service, caller, request)
+
+
+Jobs = Annotated[CallerJobs, Depends(caller_jobs)]
+"""A handler parameter: `await jobs.submit(kind, payload, idempotency_key=...)`."""
 JobId = Annotated[uuid.UUID, Path(description="The job's id.")]
 READ_PROBLEMS = (*AUTH_PROBLEMS, INSUFFICIENT_SCOPE, JOB_NOT_FOUND)
 
@@ -167,11 +252,8 @@ def _actor(caller: AdmittedCaller) -> str:
     ),
 )
 async def submit_job(
-    request: Request,
-    response: Response,
     body: JobRequest,
-    caller: Caller,
-    service: Service,
+    jobs: Jobs,
     idempotency_key: Annotated[
         str,
         Header(
@@ -182,43 +264,11 @@ async def submit_job(
             "response; the same key with another body is refused.",
         ),
     ],
-) -> JobResponse:
+) -> JSONResponse:
     """Store the job, then queue it on the tenant's priority queue. Answers 202 with the
     job; poll `GET /v1/jobs/{id}` until its status is `succeeded`, `failed` or `cancelled`."""
-    try:
-        outcome = await service.submit(
-            caller.tenant,
-            JobSubmission(
-                kind=body.kind,
-                payload=body.payload,
-                idempotency_key=idempotency_key,
-                actor=_actor(caller),
-                request_id=request_id_of(request),
-                trace_context=request.headers.get("traceparent"),
-            ),
-        )
-    except UnknownJobKindError as error:
-        raise _invalid("kind", str(error)) from error
-    except InvalidPayloadError as error:
-        invalid = [
-            {
-                "field": ".".join(["body", "payload", *(str(p) for p in e["loc"])]),
-                "message": str(e["msg"]),
-            }
-            for e in error.errors
-        ]
-        raise ProblemError(
-            VALIDATION_FAILED, str(error), extensions={"invalid_params": invalid}
-        ) from error
-    except IdempotencyKeyReusedError as error:
-        raise ProblemError(IDEMPOTENCY_KEY_REUSED, str(error)) from error
-    except TenantCannotRunJobsError as error:
-        raise ProblemError(JOBS_UNAVAILABLE, str(error)) from error
-    response.status_code = outcome.response_status
-    response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
-    if not outcome.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return _response(outcome.response_body)
+    submitted = await jobs.submit(body.kind, body.payload, idempotency_key=idempotency_key)
+    return submitted.response()
 
 
 def _invalid(field: str, message: str) -> ProblemError:

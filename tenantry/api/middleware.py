@@ -9,7 +9,9 @@
 - security headers on every response, `Cache-Control: no-store` on authenticated ones, and
   the rate-limit headers the limiter decided;
 - metrics by route template (as the admission layer matched it) and one JSON access-log
-  line, without key material.
+  line, without key material;
+- a handler that raises (Tenantry's or a plug-in's): 500 problem+json with the request id,
+  never a stack trace; the stack goes to the log, naming the route and its owner.
 
 Work that can be done once (header tuples, compiled patterns, metric children) is done once.
 """
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from random import getrandbits
 
+import structlog
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.api.context import RequestContext
 from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, status_class
 from tenantry.api.problems import (
+    INTERNAL_ERROR,
     ORIGIN_NOT_ALLOWED,
     PROBLEM_CONTENT_TYPE,
     REQUEST_TOO_LARGE,
@@ -34,6 +39,8 @@ from tenantry.api.problems import (
 )
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import parent_context
+
+log = structlog.get_logger("tenantry.api")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -102,7 +109,7 @@ class ApiMiddleware:
             request_id = trace_id or f"{getrandbits(128):032x}"
         context = RequestContext(request_id, trace_id)
         scope["tenantry"] = context
-        status = 500
+        status = 0  # until the response starts
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -139,10 +146,39 @@ class ApiMiddleware:
                 await self.app(scope, self._limited(receive), send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
+        except Exception as error:  # noqa: BLE001 (answered with 500, counted in the metrics)
+            await self._fail(error, scope, context, answered=status != 0, send=send_with_headers)
         finally:
+            status = status or 500
             self._observe(scope, context, status, time.perf_counter() - started)
             if span is not None:
                 _finish_span(span, scope["method"], context, status)
+
+    async def _fail(
+        self, error: Exception, scope: Scope, context: RequestContext, *, answered: bool, send: Send
+    ) -> None:
+        """Log what failed with its stack, and answer 500 unless an answer has begun (then
+        the server closes the connection)."""
+        route = context.route
+        log.error(
+            "api.request_failed",
+            request_id=context.request_id,
+            method=scope["method"],
+            route=route.template if route is not None else UNMATCHED_ROUTE,
+            owner=route.owner if route is not None else None,
+            tenant=context.caller.tenant_id if context.caller is not None else None,
+            error=type(error).__name__,
+            # The stack as text, never with its frames' local variables (keys live there).
+            exception="".join(traceback.format_exception(error)),
+        )
+        if answered:
+            return
+        body = problem_body(
+            INTERNAL_ERROR,
+            f"the request failed on the server; quote request id {context.request_id}",
+            context.request_id,
+        )
+        await _send_problem(send, INTERNAL_ERROR.status, body)
 
     # --- bodies ------------------------------------------------------------------------
 

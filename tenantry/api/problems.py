@@ -69,6 +69,7 @@ VALIDATION_FAILED = ProblemKind("validation-failed", 422, "The request is not va
 NOT_FOUND = ProblemKind("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemKind("method-not-allowed", 405, "Method not allowed")
 SERVICE_UNAVAILABLE = ProblemKind("service-unavailable", 503, "A dependency is unavailable")
+INTERNAL_ERROR = ProblemKind("internal-error", 500, "The request failed on the server")
 
 _BY_STATUS = {kind.status: kind for kind in (NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TOO_LARGE)}
 
@@ -96,6 +97,7 @@ ALL_KINDS: tuple[ProblemKind, ...] = (
     NOT_FOUND,
     METHOD_NOT_ALLOWED,
     SERVICE_UNAVAILABLE,
+    INTERNAL_ERROR,
 )
 
 

@@ -89,3 +89,15 @@ class RefusalAudit:
             except (SQLAlchemyError, OSError) as error:
                 self._dropped.labels("database").inc()
                 log.warning("refusal_audit_failed", reason=refusal.reason, error=str(error))
+            finally:
+                self._queue.task_done()
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Let `run` write what is queued (at shutdown, before it is cancelled), for up to
+        `timeout_seconds`; rows still queued then are counted as dropped."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self._queue.join()
+        except TimeoutError:
+            self._dropped.labels("shutdown").inc(self._queue.qsize())
+            log.warning("refusal_audit_not_drained", rows=self._queue.qsize())

@@ -24,7 +24,7 @@ is found with one dictionary lookup.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +34,11 @@ from fastapi.dependencies.models import Dependant
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from tenantry.api.limiter.spec import route_name
+from tenantry.contract.policy import route_name
 from tenantry.contract.scopes import checked_scope
 
 DECLARATION = "__tenantry_route__"  # the attribute a declaring dependency carries
+OWN_ROUTE = "tenantry"  # the owner of Tenantry's own routes; a plug-in's are its name
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class RouteEntry:
     app: ASGIApp = field(repr=False)  # the route's handler, as an ASGI app
     route: BaseRoute = field(repr=False)  # FastAPI's route object (`scope["route"]`)
     endpoint: Callable[..., Any] | None = field(repr=False)
+    owner: str = OWN_ROUTE  # who serves the route: Tenantry, or a plug-in by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +150,20 @@ class RouteTable:
         self.entries = tuple(entry for t in templates for entry in t.entries.values())
 
     @classmethod
-    def compile(cls, routes: Iterable[Any], *, public_paths: Collection[str] = ()) -> RouteTable:
+    def compile(
+        cls,
+        routes: Iterable[Any],
+        *,
+        public_paths: Collection[str] = (),
+        owners: Mapping[Callable[..., Any], str] | None = None,
+    ) -> RouteTable:
         """The table of an app's routes (`app.routes`). Routes of included routers are read
         with their full path; `public_paths` are public whatever they declare (FastAPI's
-        documentation routes)."""
+        documentation routes); `owners` names the plug-in serving an endpoint."""
+        owners = owners or {}
         templates: list[_Template] = []
         by_pattern: dict[str, _Template] = {}  # routes on the same path share a template
-        for route in _http_routes(routes):
+        for route in http_routes(routes):
             path: str = route.path_format
             template = by_pattern.get(route.path_regex.pattern)
             if template is None:
@@ -168,6 +177,7 @@ class RouteTable:
                 raise RouteTableError(
                     f"{path!r} is public, so it has no caller, but its handler takes one"
                 )
+            endpoint = getattr(route, "endpoint", None)
             for method in sorted(route.methods or ()):
                 if method in template.entries:
                     continue  # an earlier route with this path and method wins, as in Starlette
@@ -180,7 +190,8 @@ class RouteTable:
                     headers=declared.headers,
                     app=route.app,
                     route=getattr(route, "original_route", route),
-                    endpoint=getattr(route, "endpoint", None),
+                    endpoint=endpoint,
+                    owner=owners.get(endpoint, OWN_ROUTE) if endpoint else OWN_ROUTE,
                 )
         return cls(templates)
 
@@ -216,7 +227,7 @@ class RouteTable:
         return resolved
 
 
-def _http_routes(routes: Iterable[Any]) -> Iterator[Any]:
+def http_routes(routes: Iterable[Any]) -> Iterator[Any]:
     """Every HTTP route with its full path, including those of included routers (which newer
     FastAPI versions keep behind route contexts rather than copying them). A route the
     admission layer cannot stand in front of is refused, naming it."""

@@ -39,20 +39,6 @@ from tenantry.contract.usage import (
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import UsageCounter, UsageGranularity
 
-RATE_LIMIT_HEADERS = {
-    "RateLimit-Policy": {
-        "description": 'The policies that apply, e.g. `"tenant";q=600;w=60`.',
-        "schema": {"type": "string"},
-    },
-    "RateLimit": {
-        "description": 'What is left of each policy now, e.g. `"tenant";r=49;t=5`.',
-        "schema": {"type": "string"},
-    },
-    "X-RateLimit-Limit": {"schema": {"type": "integer"}},
-    "X-RateLimit-Remaining": {"schema": {"type": "integer"}},
-    "X-RateLimit-Reset": {"description": "Seconds until full.", "schema": {"type": "integer"}},
-}
-
 router = APIRouter(prefix="/v1", tags=["v1"])
 
 
@@ -139,6 +125,11 @@ class DayUsage(ResponseModel):
     requests: int
 
 
+class RouteUsage(ResponseModel):
+    route: str = Field(description="`METHOD /template`, as policies' route overrides name it.")
+    requests: int
+
+
 class UsageResponse(ResponseModel):
     tenant: str
     month: str = Field(description="The UTC month, `YYYY-MM`.")
@@ -146,6 +137,10 @@ class UsageResponse(ResponseModel):
     monthly_quota: int | None
     remaining: int | None
     days: list[DayUsage] = Field(description="Per UTC day, flushed and not yet flushed.")
+    routes: list[RouteUsage] = Field(
+        default_factory=list,
+        description="Per route this month, plug-ins' included; the busiest first.",
+    )
     unflushed: int = Field(description="Requests counted but not yet in the database.")
 
     model_config = ConfigDict(
@@ -178,10 +173,7 @@ class UsageQuery(BaseModel):
     "/limits",
     summary="The caller's effective limits and where it stands",
     response_model=LimitsResponse,
-    responses={
-        200: {"headers": RATE_LIMIT_HEADERS},
-        **problem_responses(*AUTH_PROBLEMS),
-    },
+    responses=problem_responses(*AUTH_PROBLEMS),
 )
 async def get_limits(request: Request, caller: Caller) -> LimitsResponse:
     """The tier and overrides as applied to the calling tenant, and the state of its rate
@@ -231,12 +223,9 @@ async def get_limits(request: Request, caller: Caller) -> LimitsResponse:
     summary="The caller's usage this month, per day, against its quota",
     response_model=UsageResponse,
     dependencies=[requires(USAGE_READ)],
-    responses={
-        200: {"headers": RATE_LIMIT_HEADERS},
-        **problem_responses(
-            *AUTH_PROBLEMS, INSUFFICIENT_SCOPE, VALIDATION_FAILED, SERVICE_UNAVAILABLE
-        ),
-    },
+    responses=problem_responses(
+        *AUTH_PROBLEMS, INSUFFICIENT_SCOPE, VALIDATION_FAILED, SERVICE_UNAVAILABLE
+    ),
 )
 async def get_usage(
     request: Request, caller: Caller, query: Annotated[UsageQuery, Query()]
@@ -253,14 +242,18 @@ async def get_usage(
             return cached
     runtime.metrics.usage_cache.labels("miss").inc()
     now = datetime.now(UTC)
-    days = await _flushed_days(runtime, tenant_id, now)
-    unflushed_minutes = await _unflushed_minutes(redis, tenant_id, now, runtime)
-    for minute, count in runtime.usage.by_minute(tenant_id).items():
-        unflushed_minutes[minute] = unflushed_minutes.get(minute, 0) + count
+    days, routes = await _flushed_this_month(runtime, tenant_id, now)
+    held = await _unflushed_cells(redis, tenant_id, runtime)
+    for (minute, route), count in runtime.usage.of_tenant(tenant_id).items():
+        for counted in (route, TOTAL_ROUTE):  # held in process per route only
+            held[(minute, counted)] = held.get((minute, counted), 0) + count
     start = month_start(now).timestamp()
     unflushed = 0
-    for minute, count in unflushed_minutes.items():
+    for (minute, route), count in held.items():
         if minute < start:
+            continue
+        if route != TOTAL_ROUTE:
+            routes[route] = routes.get(route, 0) + count
             continue
         unflushed += count
         day = datetime.fromtimestamp(minute, UTC).date()
@@ -274,6 +267,10 @@ async def get_usage(
         monthly_quota=quota,
         remaining=max(0, quota - total) if quota is not None else None,
         days=[DayUsage(date=day, requests=count) for day, count in sorted(days.items())],
+        routes=[
+            RouteUsage(route=route, requests=count)
+            for route, count in sorted(routes.items(), key=lambda item: (-item[1], item[0]))
+        ],
         unflushed=unflushed,
     )
     if redis is not None:
@@ -299,21 +296,27 @@ async def _cached(
     return UsageResponse.model_validate_json(raw) if raw else None
 
 
-async def _flushed_days(runtime: ApiRuntime, tenant_id: str, now: datetime) -> dict[date, int]:
+async def _flushed_this_month(
+    runtime: ApiRuntime, tenant_id: str, now: datetime
+) -> tuple[dict[date, int], dict[str, int]]:
+    """Flushed requests this month: in total per day, and per route."""
     assert runtime.engine is not None
-    query = select(UsageCounter.bucket_start, UsageCounter.request_count).where(
+    query = select(UsageCounter.bucket_start, UsageCounter.route, UsageCounter.request_count).where(
         UsageCounter.tenant_id == tenant_id,
         UsageCounter.granularity == UsageGranularity.DAY,
-        UsageCounter.route == TOTAL_ROUTE,
         UsageCounter.bucket_start >= month_start(now),
     )
     days: dict[date, int] = {}
+    routes: dict[str, int] = {}
     try:
         async with (
             asyncio.timeout(runtime.settings.api.database_timeout_seconds),
             session_factory(runtime.engine)() as session,
         ):
-            for bucket_start, count in await session.execute(query):
+            for bucket_start, route, count in await session.execute(query):
+                if route != TOTAL_ROUTE:
+                    routes[route] = routes.get(route, 0) + count
+                    continue
                 moment = bucket_start if bucket_start.tzinfo else bucket_start.replace(tzinfo=UTC)
                 day = moment.astimezone(UTC).date()
                 days[day] = days.get(day, 0) + count
@@ -321,12 +324,13 @@ async def _flushed_days(runtime: ApiRuntime, tenant_id: str, now: datetime) -> d
         raise ProblemError(
             SERVICE_UNAVAILABLE, "usage history is unavailable right now; retry shortly"
         ) from error
-    return days
+    return days, routes
 
 
-async def _unflushed_minutes(
-    redis: aioredis.Redis | None, tenant_id: str, now: datetime, runtime: ApiRuntime
-) -> dict[int, int]:
+async def _unflushed_cells(
+    redis: aioredis.Redis | None, tenant_id: str, runtime: ApiRuntime
+) -> dict[tuple[int, str], int]:
+    """Requests in Redis not yet flushed: (minute, route) → requests, the total included."""
     if redis is None:
         return {}
     try:
@@ -334,9 +338,13 @@ async def _unflushed_minutes(
         minutes = [int(member) for member in members]
         async with redis.pipeline(transaction=False) as pipe:
             for minute in minutes:
-                pipe.hget(usage_bucket_key(tenant_id, minute), TOTAL_ROUTE)
-            counts: list[Any] = await pipe.execute()
+                pipe.hgetall(usage_bucket_key(tenant_id, minute))
+            buckets: list[dict[bytes, bytes]] = await pipe.execute()
     except (aioredis.RedisError, OSError):
         runtime.metrics.redis_errors.labels("usage_read").inc()
         return {}
-    return {minute: int(count) for minute, count in zip(minutes, counts, strict=True) if count}
+    return {
+        (minute, route.decode()): int(count)
+        for minute, bucket in zip(minutes, buckets, strict=True)
+        for route, count in bucket.items()
+    }

@@ -27,6 +27,11 @@ from tenantry.contract.resources import (
 MICROSECONDS_PER_MINUTE = 60_000_000
 
 
+def route_name(method: str, path_template: str) -> str:
+    """How a route is named in policies, limiter state and usage: `METHOD /template`."""
+    return f"{method} {path_template}"
+
+
 def effective_limits(
     policy: RateLimitPolicySpec, overrides: PolicyFields | None = None
 ) -> EffectiveLimits:

@@ -1,4 +1,5 @@
-"""Jobs and metering inside one asyncio process, for `tenantry dev`: no broker, no Redis.
+"""Jobs and metering inside one asyncio process, for `tenantry dev` (composed by
+`tenantry.dev`): no broker, no Redis.
 
 The queue is an in-memory one (a countdown is a timer on the event loop), job slots are
 counted in process, and the same `execute_job`, outbox sweep and idempotency trimming the
@@ -13,15 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
-from fastapi import FastAPI
 
-from tenantry.jobs.breaker import CircuitBreakers
-from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.queueing import JobMessage
 from tenantry.worker import metrics
 from tenantry.worker.execution import WorkerContext, execute_job
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
-from tenantry.worker.semaphore import LocalSemaphore
 
 log = structlog.get_logger("tenantry.worker.inprocess")
 
@@ -118,57 +115,3 @@ class InProcessWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self.queue.close()
-
-
-def install_dev_jobs(app: FastAPI) -> None:
-    """Run jobs inside an API app made by `tenantry.api.app.create_app`, for `tenantry dev`.
-
-    The app gets a jobs service on an in-process queue (`app.state.jobs`, which the jobs
-    router prefers over a Celery broker), and its lifespan runs the in-process worker with the
-    outbox sweep and idempotency trimming, plus the usage flush when Redis is configured. Call
-    it once, after `create_app` and before serving.
-    """
-    from tenantry.api.runtime import ApiRuntime
-    from tenantry.db.engine import session_factory
-    from tenantry.jobs.service import JobsService
-    from tenantry.worker.flush import UsageFlusher
-
-    runtime: ApiRuntime = app.state.runtime
-    if runtime.engine is None:
-        raise ValueError("jobs need a database: set TENANTRY_DATABASE_URL")
-    settings = runtime.settings.worker
-    sessions = session_factory(runtime.engine)
-    kinds = JobKinds.discover()
-    queue = InProcessQueue()
-    context = WorkerContext(
-        settings=settings,
-        sessions=sessions,
-        kinds=kinds,
-        registry=runtime.holder,
-        publisher=queue,
-        limiter=LocalSemaphore(),
-        breakers=CircuitBreakers(
-            settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
-        ),
-    )
-    periodic: dict[str, tuple[float, Callable[[], Awaitable[object]]]] = {}
-    if runtime.redis is not None:
-        flusher = UsageFlusher(
-            runtime.redis, sessions, grace_seconds=settings.usage_flush_grace_seconds
-        )
-
-        async def flush() -> object:
-            return await flusher.flush(runtime.holder.registry.tenants.values())
-
-        periodic["usage-flush"] = (settings.usage_flush_interval_seconds, flush)
-    worker = InProcessWorker(context, queue, periodic=periodic)
-    app.state.jobs = JobsService(sessions, kinds, queue, settings)
-    serve = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        async with serve(served), worker.running():
-            log.info("dev_jobs_started", concurrency=worker.concurrency)
-            yield
-
-    app.router.lifespan_context = lifespan

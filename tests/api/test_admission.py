@@ -26,24 +26,29 @@ def _evalsha_calls(client: redis.Redis) -> int:
 
 
 async def test_every_protected_route_of_the_app_refuses_a_request_without_a_key(
-    api: Api,
+    serve_api: ServeApi, database_url: str, redis_url: str
 ) -> None:
-    table = RouteTable.compile(api.app.routes, public_paths=public_paths(api.app))
-    protected = [entry for entry in table.entries if not entry.public]
-    assert {entry.name for entry in protected} >= {
-        "GET /v1/limits",
-        "GET /v1/usage",
-        "POST /v1/jobs",
-        "GET /v1/jobs/{job_id}",
-        "POST /v1/jobs/{job_id}/cancel",
-    }
-    for entry in protected:
-        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", entry.template)
-        response = await api.client.request(entry.method, path)
-        assert response.status_code == 401, entry.name
-        assert response.json()["type"] == PROBLEMS + "missing-api-key"
-    for path in ("/livez", "/openapi.json", "/docs"):
-        assert (await api.client.get(path)).status_code == 200, path
+    async with serve_api(
+        database_url=database_url, redis_url=redis_url, auth_failures_burst=100
+    ) as api:
+        table = RouteTable.compile(api.app.routes, public_paths=public_paths(api.app))
+        protected = [entry for entry in table.entries if not entry.public]
+        assert {entry.name for entry in protected} >= {
+            "GET /v1/limits",
+            "GET /v1/usage",
+            "POST /v1/jobs",
+            "GET /v1/jobs/{job_id}",
+            "POST /v1/jobs/{job_id}/cancel",
+            "GET /widgets/whoami",  # the installed test plug-in's
+            "POST /widgets/reports",
+        }
+        for entry in protected:
+            path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", entry.template)
+            response = await api.client.request(entry.method, path)
+            assert response.status_code == 401, entry.name
+            assert response.json()["type"] == PROBLEMS + "missing-api-key"
+        for path in ("/livez", "/openapi.json", "/docs", "/widgets/health"):
+            assert (await api.client.get(path)).status_code == 200, path
 
 
 async def test_a_path_no_route_has_is_a_404_problem_without_a_redis_call_or_metering(
@@ -149,4 +154,4 @@ async def test_a_public_route_is_served_without_a_key_and_without_limits(
         assert "cache-control" not in responses[0].headers
         assert _evalsha_calls(client) == before
         document = (await api.client.get("/openapi.json")).json()
-        assert "security" not in document["paths"]["/status"]["get"]
+        assert document["paths"]["/status"]["get"]["security"] == []  # documented as open

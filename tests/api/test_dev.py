@@ -1,9 +1,12 @@
 """`tenantry dev` (what `make run` runs): a newcomer gets a URL, a working key, a curl line
-showing the rate-limit headers, and a 429 after the burst, with no servers at all."""
+showing the rate-limit headers, and a 429 after the burst, with no servers at all; and curl
+lines against the example plug-in (`examples/gps-reliability`, installed by `make`) that
+answer 200, then 429 once the route's own burst is spent."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,7 +57,18 @@ def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
     # A restart keeps the key: the key Secret state lives in .tenantry-dev/keys.json.
     port = free_port()
     args[-1] = str(port)
-    with tenantry_process(args, {}, tmp_path, tmp_path / "dev-2.log") as process:
+    log = tmp_path / "dev-2.log"
+    with tenantry_process(args, {}, tmp_path, log) as process:
         wait_until_serving(f"http://127.0.0.1:{port}/livez", process)
         again = httpx.get(f"http://127.0.0.1:{port}/v1/limits", headers=headers)
         assert again.status_code == 200
+        # The printed lines against the plug-in, run as a newcomer pastes them.
+        assert "Plug-in gps: POST /v1/gps/score" in log.read_text()
+        call = _wait_for_text(log, r"Call the plug-in's POST /v1/gps/score .*:\n  (curl .*)\n")[1]
+        loop = _wait_for_text(log, r"Spend its burst; request 4 answers 429:\n  (for i .*)\n")[1]
+        answered = subprocess.run(["bash", "-c", call], capture_output=True, text=True, check=True)
+        assert '"grade"' in answered.stdout
+        looped = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, check=True)
+        codes = looped.stdout.split()
+        assert codes[0] == "200"  # the burst of 2 still holds one after the call above
+        assert codes[-1] == "429"

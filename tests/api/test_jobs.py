@@ -11,15 +11,14 @@ import httpx
 import pytest
 import redis
 
-from tenantry.api.app import create_app
 from tenantry.db.engine import session_factory
 from tenantry.db.migrate import upgrade
+from tenantry.dev import create_dev_app
 from tenantry.jobs.breaker import CircuitBreakers
 from tenantry.jobs.service import JobsService
 from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
 from tenantry.worker.execution import Verdict, WorkerContext, execute_job
-from tenantry.worker.inprocess import install_dev_jobs
 from tenantry.worker.semaphore import LocalSemaphore
 from tests.api.conftest import Api, auth
 from tests.worker.conftest import wait_for
@@ -243,8 +242,7 @@ async def test_dev_runs_jobs_in_process_on_sqlite(tmp_path: Path, manifests: Pat
         keys_file=settings.registry.keys_file,
     )
     key = source.reconcile().keys["team-t/open"].keys["main"].plaintext
-    app = create_app(settings, source=source)
-    install_dev_jobs(app)
+    app = create_dev_app(settings, source=source)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

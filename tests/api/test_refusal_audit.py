@@ -12,7 +12,7 @@ from tenantry.audit import verify_chain
 from tenantry.contract.keys import generate_key
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import AuditEntry
-from tests.api.conftest import Api, auth
+from tests.api.conftest import Api, ServeApi, auth
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +63,17 @@ async def test_a_burst_of_refusals_leaves_one_row_per_reason_without_key_materia
     async with session_factory(engine)() as session:
         assert (await verify_chain(session)).intact
     await engine.dispose()
+
+
+async def test_a_refusal_just_before_shutdown_is_written_before_the_api_stops(
+    serve_api: ServeApi, database_url: str, redis_url: str
+) -> None:
+    async with serve_api(database_url=database_url, redis_url=redis_url) as api:
+        guessed = generate_key()
+        response = await api.client.get("/v1/limits", headers=auth(guessed.plaintext))
+        assert response.status_code == 401
+    # The app has stopped: nothing is left to write the row but the shutdown itself.
+    rows = await _refusals(database_url, expected=1)
+    assert [(row.detail["reason"], row.detail["key_id"]) for row in rows] == [
+        ("unknown-api-key", guessed.key_id)
+    ]

@@ -47,12 +47,13 @@ class LocalUsage:
         for (tenant_id, minute, route), count in cells.items():
             self.add(tenant_id, minute, route, count)
 
-    def by_minute(self, tenant_id: str) -> dict[int, int]:
-        totals: dict[int, int] = {}
-        for (tenant, minute, _route), count in self._counts.items():
-            if tenant == tenant_id:
-                totals[minute] = totals.get(minute, 0) + count
-        return totals
+    def of_tenant(self, tenant_id: str) -> dict[tuple[int, str], int]:
+        """What is held for one tenant: (minute, route) → requests."""
+        return {
+            (minute, route): count
+            for (tenant, minute, route), count in self._counts.items()
+            if tenant == tenant_id
+        }
 
 
 async def merge_local_usage(client: aioredis.Redis, usage: LocalUsage, metrics: ApiMetrics) -> int:

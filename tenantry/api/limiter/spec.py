@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tenantry.contract.policy import GcraParams, gcra_params
+from tenantry.contract.policy import GcraParams, gcra_params, route_name
 from tenantry.contract.registry import TenantEntry
 from tenantry.contract.resources import EffectiveLimits, FailureMode
 from tenantry.contract.usage import limiter_key, usage_index_key
@@ -15,11 +15,6 @@ from tenantry.contract.usage import limiter_key, usage_index_key
 TENANT_POLICY = "tenant"
 ROUTE_POLICY = "route"
 QUOTA_POLICY = "monthly"
-
-
-def route_name(method: str, path_template: str) -> str:
-    """How a route is named in policies, limiter state and usage: `METHOD /template`."""
-    return f"{method} {path_template}"
 
 
 @dataclass(frozen=True, slots=True)
