@@ -35,12 +35,13 @@ from tenantry.api.limiter.local_usage import merge_local_usage
 from tenantry.api.limiter.script import PipelinedScriptRunner, ScriptRunner
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.openapi import openapi_document
-from tenantry.api.plugins import Plugin, discover_plugins, mount_plugins
+from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_plugins
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
+from tenantry.jobs.kinds import JobKindError, JobKinds
 from tenantry.jobs.service import JobsService
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
@@ -174,9 +175,14 @@ def assemble_routes(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[..
 
 
 def check_plugins() -> tuple[Plugin, ...]:
-    """The installed plug-ins, once they are known to mount (a `PluginError` otherwise)."""
+    """The installed plug-ins, once they are known to mount and every installed job kind to
+    load (a `PluginError` otherwise)."""
     plugins = discover_plugins()
     assemble_routes(FastAPI(), plugins)
+    try:
+        JobKinds.discover()
+    except JobKindError as error:
+        raise PluginError(str(error)) from error
     return plugins
 
 

@@ -2,7 +2,7 @@
 route makes to the admission layer.
 
 A route declares what admission needs with FastAPI dependencies that the table reads when it
-is compiled (per request they do nothing):
+is compiled:
 
     @router.get("/v1/usage", dependencies=[requires("usage:read")])
     async def get_usage(caller: Caller): ...        # Caller: tenantry.api.context
@@ -15,6 +15,13 @@ is compiled (per request they do nothing):
 Every other route is protected: it needs a valid key, and is limited and metered. FastAPI's
 own documentation routes (`/openapi.json`, `/docs`) are public.
 
+Compiling also streamlines each route for FastAPI, which walks a route's dependency tree on
+every request at a cost of tens of microseconds per dependency (`docs/benchmarks.md`): the
+declarations are taken out of the tree (the admission layer has acted on them before the
+handler runs), and a handler or dependency taking `caller: Caller` is handed the admitted
+caller directly rather than through a dependency. What the tree declared stays readable, so
+an app's routes can be compiled again.
+
 Matching a request finds its template once, so `/v1/jobs/123` and `/v1/jobs/456` share the
 entry `GET /v1/jobs/{job_id}`: limits, metering, metrics and logs key on that, never on a raw
 path. Routes match in the order they were declared, as in Starlette's router; a static path
@@ -23,6 +30,8 @@ is found with one dictionary lookup.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +47,9 @@ from tenantry.contract.policy import route_name
 from tenantry.contract.scopes import checked_scope
 
 DECLARATION = "__tenantry_route__"  # the attribute a declaring dependency carries
+ONLY_DECLARES = "__tenantry_only_declares__"  # a dependency with nothing to do per request
+TREE_DECLARED = "__tenantry_tree_declared__"  # on a streamlined call: what its tree declared
+REQUEST = "_tenantry_request"  # the request, passed to a streamlined call that had none
 OWN_ROUTE = "tenantry"  # the owner of Tenantry's own routes; a plug-in's are its name
 
 
@@ -68,6 +80,7 @@ def declare(declaration: RouteDeclaration, name: str) -> params.Depends:
 
     declared.__name__ = declared.__qualname__ = name
     setattr(declared, DECLARATION, declaration)
+    setattr(declared, ONLY_DECLARES, True)
     return params.Depends(declared)
 
 
@@ -171,12 +184,15 @@ class RouteTable:
                 template = _Template(path, route.path_regex, convertors, {}, not convertors)
                 templates.append(template)
                 by_pattern[route.path_regex.pattern] = template
-            declared = _declaration(getattr(route, "dependant", None))
+            dependant: Dependant | None = getattr(route, "dependant", None)
+            declared = _declaration(dependant) if dependant is not None else RouteDeclaration()
             is_public = declared.public or path in public_paths
             if declared.reads_caller and is_public:
                 raise RouteTableError(
                     f"{path!r} is public, so it has no caller, but its handler takes one"
                 )
+            if dependant is not None:
+                _streamline(dependant)
             endpoint = getattr(route, "endpoint", None)
             for method in sorted(route.methods or ()):
                 if method in template.entries:
@@ -248,14 +264,86 @@ def http_routes(routes: Iterable[Any]) -> Iterator[Any]:
             )
 
 
-def _declaration(dependant: Dependant | None) -> RouteDeclaration:
-    """Everything a route's dependencies declare, all levels down."""
+def _declaration(dependant: Dependant) -> RouteDeclaration:
+    """Everything the dependencies under `dependant` declare, all levels down (kept on its
+    call once the tree is streamlined)."""
+    streamlined: RouteDeclaration | None = getattr(dependant.call, TREE_DECLARED, None)
+    if streamlined is not None:
+        return streamlined
     found = RouteDeclaration()
-    if dependant is None:
-        return found
     for dependency in dependant.dependencies:
         declared = getattr(dependency.call, DECLARATION, None)
         if isinstance(declared, RouteDeclaration):
             found += declared
         found += _declaration(dependency)
     return found
+
+
+def _streamline(dependant: Dependant) -> None:
+    """Take the dependencies that only declare out of `dependant`'s tree, and hand the
+    admitted caller to each call taking one, in place of the dependency reading it. A call is
+    streamlined by wrapping it (FastAPI reads the tree and calls `dependant.call` per
+    request); one FastAPI treats specially (a generator, a class) is left as it is."""
+    for dependency in dependant.dependencies:
+        _streamline(dependency)
+    call = dependant.call
+    if getattr(call, TREE_DECLARED, None) is not None or not inspect.isfunction(call):
+        return
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        return
+    callers = [d.name for d in dependant.dependencies if d.name and _reads_caller(d)]
+    kept = [
+        d
+        for d in dependant.dependencies
+        if not getattr(d.call, ONLY_DECLARES, False) and not (d.name and _reads_caller(d))
+    ]
+    if len(kept) == len(dependant.dependencies):
+        return
+    declared = _declaration(dependant)
+    request_name = dependant.request_param_name or REQUEST
+    streamlined = _handing_the_caller(
+        call, tuple(callers), request_name, keep_request=dependant.request_param_name is not None
+    )
+    setattr(streamlined, TREE_DECLARED, declared)
+    own = getattr(call, DECLARATION, None)
+    if own is not None:
+        setattr(streamlined, DECLARATION, own)
+    dependant.dependencies[:] = kept
+    dependant.request_param_name = request_name
+    dependant.call = streamlined
+
+
+def _reads_caller(dependency: Dependant) -> bool:
+    declared = getattr(dependency.call, DECLARATION, None)
+    return isinstance(declared, RouteDeclaration) and declared.reads_caller
+
+
+def _handing_the_caller(
+    call: Callable[..., Any], callers: tuple[str, ...], request_name: str, *, keep_request: bool
+) -> Callable[..., Any]:
+    """`call`, given the admitted caller under each name in `callers` (read from the
+    request's context, where the admission layer put it)."""
+
+    def arguments(values: dict[str, Any]) -> dict[str, Any]:
+        request = values[request_name] if keep_request else values.pop(request_name)
+        if callers:
+            caller = request.scope["tenantry"].caller
+            if caller is None:  # the route table refuses a public route taking the caller
+                raise LookupError(f"{request.method} {request.url.path} was not admitted")
+            for name in callers:
+                values[name] = caller
+        return values
+
+    if inspect.iscoroutinefunction(call):
+
+        @functools.wraps(call)
+        async def streamlined_async(**values: Any) -> Any:
+            return await call(**arguments(values))
+
+        return streamlined_async
+
+    @functools.wraps(call)
+    def streamlined(**values: Any) -> Any:
+        return call(**arguments(values))
+
+    return streamlined

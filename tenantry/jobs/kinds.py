@@ -46,6 +46,10 @@ class UnknownJobKindError(LookupError):
     pass
 
 
+class JobKindError(ValueError):
+    """A declared job kind that cannot be used; the message names its distribution."""
+
+
 class InvalidPayloadError(ValueError):
     """A payload its kind refuses; `errors` are Pydantic's, for a problem+json body."""
 
@@ -119,14 +123,22 @@ class JobKinds:
 
     @classmethod
     def discover(cls) -> JobKinds:
-        """Every kind declared in the `tenantry.job_kinds` entry-point group."""
+        """Every kind declared in the `tenantry.job_kinds` entry-point group; one that cannot
+        be loaded is a `JobKindError` naming its distribution, its entry point and why."""
         found: list[JobKind[Any]] = []
         for point in entry_points(group=ENTRY_POINT_GROUP):
-            kind_class = point.load()
+            distribution = f"{point.dist.name} {point.dist.version}" if point.dist else "unknown"
+            where = f"job kind {point.name!r} = {point.value!r} of the distribution {distribution}"
+            try:
+                kind_class = point.load()
+            except Exception as error:  # whatever the distribution raises, nothing runs
+                raise JobKindError(
+                    f"{where} failed to import: {type(error).__name__}: {error}"
+                ) from error
             if not (isinstance(kind_class, type) and issubclass(kind_class, JobKind)):
-                raise TypeError(f"entry point {point.name} = {point.value} is not a JobKind")
+                raise JobKindError(f"{where} is not a JobKind")
             if kind_class.name != point.name:
-                raise ValueError(f"entry point {point.name} names a kind called {kind_class.name}")
+                raise JobKindError(f"{where} names a kind called {kind_class.name!r}")
             found.append(kind_class())
         return cls(found)
 

@@ -4,12 +4,15 @@ against the route table compiled at start-up."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import redis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from tenantry.api import Caller, requires
 from tenantry.api.app import public_paths
 from tenantry.api.routes import RouteTable
 from tenantry.contract.usage import usage_index_key
@@ -155,3 +158,49 @@ async def test_a_public_route_is_served_without_a_key_and_without_limits(
         assert _evalsha_calls(client) == before
         document = (await api.client.get("/openapi.json")).json()
         assert document["paths"]["/status"]["get"]["security"] == []  # documented as open
+
+
+def sync_handler(caller: Caller) -> dict[str, str]:
+    return {"tenant": caller.tenant_id}
+
+
+async def tier_of(caller: Caller) -> str:
+    return caller.tier
+
+
+async def nested(tier: Annotated[str, Depends(tier_of)]) -> dict[str, str]:
+    return {"tier": tier}
+
+
+async def key_name_of(caller: Caller) -> AsyncIterator[str]:
+    yield caller.key_name
+
+
+async def from_generator(key: Annotated[str, Depends(key_name_of)]) -> dict[str, str]:
+    return {"key": key}
+
+
+async def test_every_kind_of_handler_and_dependency_is_handed_the_admitted_caller(
+    serve_api: ServeApi, database_url: str, redis_url: str
+) -> None:
+    """Compiling hands the caller to handlers and dependencies directly: a `def` handler (run
+    in a thread), a dependency taking the caller, and a generator dependency (left to FastAPI)
+    all get it; and the routes, compiled again, still declare their scopes."""
+
+    def routes(app: FastAPI) -> None:
+        scoped = [requires("jobs:read")]
+        app.add_api_route("/sync", sync_handler, dependencies=scoped)
+        app.add_api_route("/nested", nested, dependencies=scoped)
+        app.add_api_route("/generator", from_generator, dependencies=scoped)
+
+    async with serve_api(database_url=database_url, redis_url=redis_url, routes=routes) as api:
+        main, reporting = auth(api.key("alpha")), auth(api.key("alpha", "jobs-only"))
+        assert (await api.client.get("/sync", headers=main)).json() == {"tenant": "team-t/alpha"}
+        assert (await api.client.get("/nested", headers=main)).json() == {"tier": "tight"}
+        assert (await api.client.get("/generator", headers=main)).json() == {"key": "main"}
+        assert (await api.client.get("/sync", headers=reporting)).status_code == 200
+        again = RouteTable.compile(api.app.routes, public_paths=public_paths(api.app))
+        for path in ("/sync", "/nested", "/generator", "/v1/usage"):
+            entry = again.match("GET", path).entry
+            assert entry is not None
+            assert entry.scopes == ({"usage:read"} if path == "/v1/usage" else {"jobs:read"})

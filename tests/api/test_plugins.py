@@ -248,22 +248,26 @@ def _python_path() -> list[str]:
     return [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
 
 
-def _install_fake_distribution(site: Path, name: str, module_source: str) -> None:
+def _install_fake_distribution(site: Path, name: str, module_source: str, entry_point: str) -> None:
     """A distribution installed into `site` as pip lays one out: the module and its
-    `.dist-info` with the metadata and the entry points."""
+    `.dist-info` with the metadata and the entry point (`[group]` and `name = value` lines)."""
     module = name.replace("-", "_")
     (site / f"{module}.py").write_text(module_source)
     info = site / f"{module}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[tenantry.apis]\n{module} = {module}:router\n")
+    (info / "entry_points.txt").write_text(entry_point)
+
+
+PLUGIN = "[tenantry.apis]\nbroken_plugin = broken_plugin:router\n"
 
 
 @pytest.mark.parametrize(
-    ("source", "expected"),
+    ("source", "entry_point", "expected"),
     [
         pytest.param(
             "import gpsd_client\n",
+            PLUGIN,
             "plug-in 'broken_plugin' = 'broken_plugin:router' of the distribution "
             "broken-plugin 0.1 failed to import: ModuleNotFoundError: No module named "
             "'gpsd_client'",
@@ -271,24 +275,33 @@ def _install_fake_distribution(site: Path, name: str, module_source: str) -> Non
         ),
         pytest.param(
             "router = object()\n",
+            PLUGIN,
             "names a object, not a FastAPI APIRouter",
             id="not-a-router",
         ),
         pytest.param(
             "from fastapi import APIRouter\nrouter = APIRouter()\n"
             "@router.get('/widgets/whoami')\nasync def mine() -> None: ...\n",
+            PLUGIN,
             "GET /widgets/whoami is declared by plug-in 'broken_plugin' (broken-plugin 0.1) and "
             "plug-in 'widgets' (tenantry-test-widgets 0.1.0)",
             id="collides-with-another-plugin",
         ),
+        pytest.param(
+            "raise RuntimeError('no licence file')\n",
+            "[tenantry.job_kinds]\nbroken.kind = broken_plugin:Kind\n",
+            "job kind 'broken.kind' = 'broken_plugin:Kind' of the distribution broken-plugin 0.1 "
+            "failed to import: RuntimeError: no licence file",
+            id="job-kind-fails-to-import",
+        ),
     ],
 )
 def test_tenantry_api_refuses_to_start_with_a_bad_plugin_and_says_why(
-    tmp_path: Path, source: str, expected: str
+    tmp_path: Path, source: str, entry_point: str, expected: str
 ) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    _install_fake_distribution(site, "broken-plugin", source)
+    _install_fake_distribution(site, "broken-plugin", source, entry_point)
     port = free_port()
     finished = subprocess.run(
         [TENANTRY, "api", "--port", str(port)],
