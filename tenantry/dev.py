@@ -268,7 +268,7 @@ def _print_plugin_demo(
     target = f"{url}{operation.path}"
     typer.echo(f"Call the plug-in's {operation.name} (burst {burst} in this tier):")
     typer.echo(f"  curl -s {arguments} {target}")
-    typer.echo(f"Spend its burst; request {burst + 2} answers 429:")
+    typer.echo(f"Spend its burst; request {burst + 2} answers 429 (sooner after the call above):")
     typer.echo(f"  {_curl_loop(burst + 2, arguments, target)}\n")
 
 

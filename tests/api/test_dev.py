@@ -65,7 +65,7 @@ def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
         # The printed lines against the plug-in, run as a newcomer pastes them.
         assert "Plug-in gps: POST /v1/gps/score" in log.read_text()
         call = _wait_for_text(log, r"Call the plug-in's POST /v1/gps/score .*:\n  (curl .*)\n")[1]
-        loop = _wait_for_text(log, r"Spend its burst; request 4 answers 429:\n  (for i .*)\n")[1]
+        loop = _wait_for_text(log, r"Spend its burst; request 4 answers 429 .*:\n  (for i .*)\n")[1]
         answered = subprocess.run(["bash", "-c", call], capture_output=True, text=True, check=True)
         assert '"grade"' in answered.stdout
         looped = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, check=True)
