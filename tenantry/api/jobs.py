@@ -218,7 +218,8 @@ class CallerJobs:
         )
 
 
-def caller_jobs(request: Request, caller: Caller, service: Service) -> CallerJobs:
+async def caller_jobs(request: Request, caller: Caller, service: Service) -> CallerJobs:
+    """`async` so FastAPI calls it on the event loop, not through its thread pool."""
     return CallerJobs(service, caller, request)
 
 

@@ -24,9 +24,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from tenantry.api.routes import RouteTableError, http_routes
+from tenantry.entry_points import declared_as, distribution_of, load_declared
 
 ENTRY_POINT_GROUP = "tenantry.apis"
-TENANTRY = "Tenantry"  # the owner of Tenantry's own routes
+TENANTRY = "Tenantry"  # how errors name the owner of Tenantry's own routes
 
 _PARAMETER = re.compile(r"\{[^}]*\}")
 
@@ -44,7 +45,8 @@ class Plugin:
     distribution: str = "not installed"
 
     @property
-    def owner(self) -> str:
+    def description(self) -> str:
+        """How errors name the plug-in (its routes' owner in the route table is `name`)."""
         return f"plug-in {self.name!r} ({self.distribution})"
 
 
@@ -58,21 +60,20 @@ def discover_plugins() -> tuple[Plugin, ...]:
         earlier = seen.setdefault(plugin.name, plugin)
         if earlier is not plugin:
             raise PluginError(
-                f"two plug-ins are named {plugin.name!r}: {earlier.owner} and {plugin.owner}"
+                f"two plug-ins are named {plugin.name!r}: {earlier.description} and "
+                f"{plugin.description}"
             )
     return tuple(plugins)
 
 
 def _load(point: EntryPoint) -> Plugin:
-    distribution = f"{point.dist.name} {point.dist.version}" if point.dist else "unknown"
-    where = f"plug-in {point.name!r} = {point.value!r} of the distribution {distribution}"
-    try:
-        router = point.load()
-    except Exception as error:  # whatever the plug-in raises, the API does not start
-        raise PluginError(f"{where} failed to import: {type(error).__name__}: {error}") from error
+    router = load_declared(point, "plug-in", PluginError)
     if not isinstance(router, APIRouter):
-        raise PluginError(f"{where} names a {type(router).__name__}, not a FastAPI APIRouter")
-    return Plugin(point.name, router, distribution)
+        raise PluginError(
+            f"{declared_as(point, 'plug-in')} names a {type(router).__name__}, "
+            "not a FastAPI APIRouter"
+        )
+    return Plugin(point.name, router, distribution_of(point))
 
 
 def mount_plugins(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[..., Any], str]:
@@ -95,12 +96,14 @@ def mount_plugins(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[...,
             )
             if under:
                 collisions.append(
-                    f"{plugin.owner} declares {path!r}, under {TENANTRY}'s own {under[0]!r}"
+                    f"{plugin.description} declares {path!r}, under {TENANTRY}'s own {under[0]!r}"
                 )
             for method in sorted(route.methods):
-                owner = taken.setdefault((method, _shape(path)), plugin.owner)
-                if owner != plugin.owner:
-                    collisions.append(f"{method} {path} is declared by {owner} and {plugin.owner}")
+                owner = taken.setdefault((method, _shape(path)), plugin.description)
+                if owner != plugin.description:
+                    collisions.append(
+                        f"{method} {path} is declared by {owner} and {plugin.description}"
+                    )
             owners[route.endpoint] = plugin.name
     if collisions:
         raise PluginError("plug-in routes collide:\n  " + "\n  ".join(collisions))
@@ -113,7 +116,7 @@ def _routes_of(plugin: Plugin) -> Iterable[Any]:
     try:
         return list(http_routes(plugin.router.routes))
     except RouteTableError as error:
-        raise PluginError(f"{plugin.owner}: {error}") from error
+        raise PluginError(f"{plugin.description}: {error}") from error
 
 
 def _shape(path: str) -> str:

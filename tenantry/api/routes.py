@@ -287,22 +287,29 @@ def _streamline(dependant: Dependant) -> None:
     for dependency in dependant.dependencies:
         _streamline(dependency)
     call = dependant.call
-    if getattr(call, TREE_DECLARED, None) is not None or not inspect.isfunction(call):
+    if (
+        not inspect.isfunction(call)
+        or inspect.isgeneratorfunction(call)
+        or inspect.isasyncgenfunction(call)
+        or getattr(call, TREE_DECLARED, None) is not None  # streamlined already
+    ):
         return
-    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
-        return
-    callers = [d.name for d in dependant.dependencies if d.name and _reads_caller(d)]
-    kept = [
-        d
-        for d in dependant.dependencies
-        if not getattr(d.call, ONLY_DECLARES, False) and not (d.name and _reads_caller(d))
-    ]
+    handed: list[str] = []  # the parameters the caller is handed as
+    kept: list[Dependant] = []
+    for dependency in dependant.dependencies:
+        if dependency.name and _reads_caller(dependency):
+            handed.append(dependency.name)
+        elif not getattr(dependency.call, ONLY_DECLARES, False):
+            kept.append(dependency)
     if len(kept) == len(dependant.dependencies):
         return
     declared = _declaration(dependant)
     request_name = dependant.request_param_name or REQUEST
     streamlined = _handing_the_caller(
-        call, tuple(callers), request_name, keep_request=dependant.request_param_name is not None
+        call,
+        tuple(handed),
+        request_name,
+        keep_request=dependant.request_param_name is not None,
     )
     setattr(streamlined, TREE_DECLARED, declared)
     own = getattr(call, DECLARATION, None)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenantry.contract.registry import TenantEntry
+from tenantry.entry_points import declared_as, load_declared
 from tenantry.jobs.breaker import CircuitBreakers
 from tenantry.settings import WorkerSettings
 
@@ -127,14 +128,8 @@ class JobKinds:
         be loaded is a `JobKindError` naming its distribution, its entry point and why."""
         found: list[JobKind[Any]] = []
         for point in entry_points(group=ENTRY_POINT_GROUP):
-            distribution = f"{point.dist.name} {point.dist.version}" if point.dist else "unknown"
-            where = f"job kind {point.name!r} = {point.value!r} of the distribution {distribution}"
-            try:
-                kind_class = point.load()
-            except Exception as error:  # whatever the distribution raises, nothing runs
-                raise JobKindError(
-                    f"{where} failed to import: {type(error).__name__}: {error}"
-                ) from error
+            kind_class = load_declared(point, "job kind", JobKindError)
+            where = declared_as(point, "job kind")
             if not (isinstance(kind_class, type) and issubclass(kind_class, JobKind)):
                 raise JobKindError(f"{where} is not a JobKind")
             if kind_class.name != point.name:
