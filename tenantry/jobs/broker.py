@@ -9,6 +9,7 @@ options, so a message sent is a message the worker understands.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 
 from tenantry.contract.resources import JobPriority
 from tenantry.jobs.queueing import JobMessage, PublishError
+from tenantry.jobs.redis_transport import TRANSPORT
 from tenantry.settings import Settings
 
 MAINTENANCE_QUEUE = "maintenance"
@@ -50,7 +52,10 @@ def _queue(name: str) -> Queue:
 
 def broker_app(settings: Settings) -> Celery:
     """A Celery app that knows the broker and the queues: enough to publish job messages."""
-    app = Celery("tenantry", broker=broker_url(settings), set_as_current=True)
+    url = broker_url(settings)
+    app = Celery("tenantry", broker=url, set_as_current=True)
+    if urlsplit(url).scheme in ("redis", "rediss"):
+        app.conf.broker_transport = TRANSPORT  # kombu's, surviving a broker drop mid-job
     app.conf.update(
         task_ignore_result=True,
         task_serializer="json",
