@@ -56,7 +56,8 @@ def _read(path: Path) -> str | None:
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders.")],
 ) -> None:
-    """Check ApiTenant, RateLimitPolicy and ApiPlatform manifests without a cluster."""
+    """Check ApiTenant, RateLimitPolicy, ApiPlatform and ApiProduct manifests without a
+    cluster."""
     namespace = get_settings().platform_namespace
     try:
         found = load_manifests(paths, namespace)
@@ -66,7 +67,8 @@ def validate(
         raise typer.Exit(1) from error
     typer.echo(
         f"ok: {len(found.policies)} policies, {len(found.tenants)} tenants, "
-        f"{len(found.platforms)} platforms"
+        f"{len(found.platforms)} platforms, {len(found.products)} products "
+        f"({sum(len(p.spec.routes) for p in found.products.values())} upstream routes)"
     )
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tenantry.contract.policy import route_name
-from tenantry.settings import Settings, get_settings
+from tenantry.settings import ApiSettings, Settings, get_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -92,13 +92,15 @@ def dev_command(
         list[Path] | None, typer.Option(help="Manifest files or folders to serve.")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
+    check_port: Annotated[
+        int | None, typer.Option(help="Port to serve the gateway check on.")
+    ] = None,
 ) -> None:
     """Run the platform on one machine: the API with every installed plug-in on SQLite, the
     in-process limiter and worker, tenants from examples/, and a demo key to try it with."""
-    import uvicorn
-
     from tenantry.api.app import check_plugins
     from tenantry.api.plugins import PluginError
+    from tenantry.api.server import Listeners, serve
     from tenantry.contract.manifests import ManifestError
     from tenantry.contract.registry import RegistryError
     from tenantry.db.migrate import upgrade
@@ -110,10 +112,10 @@ def dev_command(
         settings = settings.model_copy(
             update={"registry": settings.registry.model_copy(update={"manifests": manifests})}
         )
-    if port:
-        settings = settings.model_copy(
-            update={"api": settings.api.model_copy(update={"port": port})}
-        )
+    ports = {name: value for name, value in (("port", port), ("check_port", check_port)) if value}
+    if ports:
+        api = ApiSettings.model_validate(settings.api.model_dump() | ports)
+        settings = settings.model_copy(update={"api": api})
     configure_logging(settings.log_level, settings.log_format)
     source = source_from_settings(settings)
     try:
@@ -127,16 +129,7 @@ def dev_command(
     upgrade(settings.database_url)
     app = create_dev_app(settings, source=source, plugins=plugins)
     _print_welcome(settings, reconciled.registry, reconciled.keys, app)
-    uvicorn.run(
-        app,
-        host=settings.api.host,
-        port=settings.api.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    serve(Listeners(app), settings.api.model_copy(update={"workers": 1}))
 
 
 def _print_welcome(
@@ -153,6 +146,7 @@ def _print_welcome(
     for owner, operations in sorted(plugin_routes.items()):
         names = ", ".join(operation.name for operation in operations)
         typer.echo(f"Plug-in {owner}: {names}")
+    _print_gateway_check(settings, registry)
     typer.echo(f"Tenants from {', '.join(str(p) for p in settings.registry.manifests)}:")
     demo: tuple[int, TenantEntry, str] | None = None
     for tenant_id, entry in sorted(registry.tenants.items()):
@@ -198,6 +192,44 @@ def _print_welcome(
         f"-H 'Content-Type: application/json' -d '{export}' {url}/v1/jobs"
     )
     typer.echo(f"  curl -s {header} {url}/v1/jobs/<id>/result")
+
+
+CADDY_SNIPPET = """\
+  :8090 {{
+      request_header -X-Tenantry-*
+      forward_auth {check} {{
+          uri /authz/
+          copy_headers {{
+              X-Tenantry-Tenant
+              X-Tenantry-Tier
+              X-Tenantry-Key
+              X-Tenantry-Scopes
+              X-Request-ID
+          }}
+      }}
+      reverse_proxy 127.0.0.1:9000
+  }}"""
+
+
+def _print_gateway_check(settings: Settings, registry: Registry) -> None:
+    """Where the gateway check listens, the products' routes it admits, and a Caddyfile
+    that puts a local service behind it."""
+    check_port = settings.api.check_port
+    if check_port is None:
+        return
+    check = f"{settings.api.host}:{check_port}"
+    typer.echo(f"Gateway check on http://{check}/authz/ (any other path: the tenant's own limit)")
+    for name, product in sorted(registry.products.items()):
+        routes = ", ".join(
+            f"{route.method.value} {route.path}"
+            + (" (public)" if route.public else "")
+            + (f" [{' '.join(route.scopes)}]" if route.scopes else "")
+            for route in product.routes
+        )
+        typer.echo(f"  product {name}: {routes}")
+    typer.echo("  Put a service on 127.0.0.1:9000 behind it with Caddy (caddy run --config F):")
+    typer.echo(CADDY_SNIPPET.format(check=check))
+    typer.echo("  (examples/gateways/ has the tested Caddy and nginx configurations)")
 
 
 @dataclass(frozen=True)

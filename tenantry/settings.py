@@ -11,13 +11,19 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    check_port: int | None = Field(
+        default=8081,
+        ge=1,
+        le=65535,
+        description="The gateway check's own listener (`/authz/`, same host); null: not served.",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
     keepalive_seconds: int = Field(default=5, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=0)
@@ -54,6 +60,15 @@ class ApiSettings(BaseModel):
     database_timeout_seconds: float = Field(
         default=2.0, gt=0, description="The longest a request waits on the database."
     )
+
+    @model_validator(mode="after")
+    def _check_has_its_own_port(self) -> ApiSettings:
+        if self.check_port == self.port:
+            raise ValueError(
+                f"check_port: {self.check_port} is the API's port; the gateway check needs a "
+                "listener of its own that public routes never reach"
+            )
+        return self
 
 
 class RegistrySettings(BaseModel):

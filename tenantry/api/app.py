@@ -8,7 +8,9 @@ metrics) and started and stopped by the lifespan; requests only read it. A reque
 the API middleware (`middleware`: request id, body limit, CORS, security headers, metrics,
 access log), FastAPI's exception handling, then the admission layer (`admission`) in the
 router's place, which matches it against the route table compiled at start-up, admits it
-unless its route is public, and calls the route's handler.
+unless its route is public, and calls the route's handler. The gateway check
+(`tenantry.api.check`) is served beside the app on a listener of its own
+(`tenantry.api.server`), through the same middleware and the same admission.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_pl
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import ApiRuntime
+from tenantry.api.server import Listeners
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
 from tenantry.jobs.kinds import JobKindError, JobKinds
@@ -201,11 +204,17 @@ def _openapi(app: FastAPI, admission: AdmissionLayer) -> dict[str, Any]:
 
 
 def app_from_environment() -> FastAPI:
-    """The app `tenantry api` serves: settings from `TENANTRY_*`, JSON logs configured in
-    each worker process."""
+    """The API app of settings from `TENANTRY_*`, JSON logs configured in each worker
+    process."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
+
+
+def listeners_from_environment() -> Listeners:
+    """What `tenantry api` serves: the API app and the gateway check, each on its own
+    listener (`tenantry.api.server`)."""
+    return Listeners(app_from_environment())
 
 
 def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:

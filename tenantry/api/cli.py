@@ -3,47 +3,36 @@ inside the commands, so `tenantry --help` stays fast."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import os
+from typing import Annotated
 
 import typer
 
 from tenantry.settings import get_settings
 
-if TYPE_CHECKING:
-    pass
-
 
 def api_command(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default: settings).")] = None,
+    check_port: Annotated[
+        int | None, typer.Option(help="Port of the gateway check (default: settings).")
+    ] = None,
 ) -> None:
     """Serve the API (uvicorn with uvloop and httptools), configured by `TENANTRY_*`, with
-    every installed plug-in; one that cannot be mounted stops the start with its error."""
-    import uvicorn
-
+    every installed plug-in, and the gateway check on its own port; a plug-in that cannot be
+    mounted stops the start with its error. The options stand for the `TENANTRY_API__*`
+    variables of the same names, which every worker process reads."""
     from tenantry.api.app import check_plugins
     from tenantry.api.plugins import PluginError
+    from tenantry.api.server import serve
 
+    for name, value in (("HOST", host), ("PORT", port), ("CHECK_PORT", check_port)):
+        if value is not None:
+            os.environ[f"TENANTRY_API__{name}"] = str(value)
+    get_settings.cache_clear()
     try:
         check_plugins()
     except PluginError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
-    settings = get_settings()
-    api = settings.api
-    uvicorn.run(
-        "tenantry.api.app:app_from_environment",
-        factory=True,
-        host=host or api.host,
-        port=port or api.port,
-        workers=api.workers,
-        loop="uvloop",
-        http="httptools",
-        timeout_keep_alive=api.keepalive_seconds,
-        timeout_graceful_shutdown=api.graceful_shutdown_seconds,
-        limit_max_requests=api.limit_max_requests,
-        log_config=None,
-        access_log=False,  # the API writes its own JSON access log, without key material
-        proxy_headers=False,  # X-Forwarded-For is read only from `api.trusted_proxies`
-        server_header=False,
-    )
+    serve("tenantry.api.app:listeners_from_environment", get_settings().api, factory=True)

@@ -15,7 +15,6 @@ with an error naming the owners.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -24,12 +23,11 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from tenantry.api.routes import RouteTableError, http_routes
+from tenantry.contract.resources import route_shape
 from tenantry.entry_points import declared_as, distribution_of, load_declared
 
 ENTRY_POINT_GROUP = "tenantry.apis"
 TENANTRY = "Tenantry"  # how errors name the owner of Tenantry's own routes
-
-_PARAMETER = re.compile(r"\{[^}]*\}")
 
 
 class PluginError(RuntimeError):
@@ -85,7 +83,7 @@ def mount_plugins(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[...,
     for route in http_routes(app.routes):
         reserved.add(_static_prefix(route.path_format))
         for method in route.methods:
-            taken[(method, _shape(route.path_format))] = TENANTRY
+            taken[(method, route_shape(route.path_format))] = TENANTRY
     collisions: list[str] = []
     owners: dict[Callable[..., Any], str] = {}
     for plugin in plugins:
@@ -99,7 +97,7 @@ def mount_plugins(app: FastAPI, plugins: Sequence[Plugin]) -> dict[Callable[...,
                     f"{plugin.description} declares {path!r}, under {TENANTRY}'s own {under[0]!r}"
                 )
             for method in sorted(route.methods):
-                owner = taken.setdefault((method, _shape(path)), plugin.description)
+                owner = taken.setdefault((method, route_shape(path)), plugin.description)
                 if owner != plugin.description:
                     collisions.append(
                         f"{method} {path} is declared by {owner} and {plugin.description}"
@@ -117,11 +115,6 @@ def _routes_of(plugin: Plugin) -> Iterable[Any]:
         return list(http_routes(plugin.router.routes))
     except RouteTableError as error:
         raise PluginError(f"{plugin.description}: {error}") from error
-
-
-def _shape(path: str) -> str:
-    """A path template with its parameters unnamed: `/a/{x}` and `/a/{y:int}` are one path."""
-    return _PARAMETER.sub("{}", path)
 
 
 def _static_prefix(path: str) -> str:

@@ -70,6 +70,9 @@ NOT_FOUND = ProblemKind("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED = ProblemKind("method-not-allowed", 405, "Method not allowed")
 SERVICE_UNAVAILABLE = ProblemKind("service-unavailable", 503, "A dependency is unavailable")
 INTERNAL_ERROR = ProblemKind("internal-error", 500, "The request failed on the server")
+CHECK_REQUEST_INVALID = ProblemKind(
+    "check-request-invalid", 400, "The gateway's check request does not name one request"
+)
 
 _BY_STATUS = {kind.status: kind for kind in (NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TOO_LARGE)}
 
@@ -98,6 +101,7 @@ ALL_KINDS: tuple[ProblemKind, ...] = (
     METHOD_NOT_ALLOWED,
     SERVICE_UNAVAILABLE,
     INTERNAL_ERROR,
+    CHECK_REQUEST_INVALID,
 )
 
 

@@ -22,6 +22,9 @@ handler runs), and a handler or dependency taking `caller: Caller` is handed the
 caller directly rather than through a dependency. What the tree declared stays readable, so
 an app's routes can be compiled again.
 
+The gateway check's table (`RouteTable.upstream`) is compiled the same way from the route
+table the products declare (`ApiProduct`), every entry answered by the check's allow.
+
 Matching a request finds its template once, so `/v1/jobs/123` and `/v1/jobs/456` share the
 entry `GET /v1/jobs/{job_id}`: limits, metering, metrics and logs key on that, never on a raw
 path. Routes match in the order they were declared, as in Starlette's router; a static path
@@ -40,10 +43,11 @@ from typing import Any
 import fastapi.routing
 from fastapi import params
 from fastapi.dependencies.models import Dependant
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute, compile_path
 from starlette.types import ASGIApp
 
 from tenantry.contract.policy import route_name
+from tenantry.contract.registry import ProductRoute
 from tenantry.contract.scopes import checked_scope
 
 DECLARATION = "__tenantry_route__"  # the attribute a declaring dependency carries
@@ -109,9 +113,9 @@ class RouteEntry:
     public: bool
     headers: tuple[tuple[bytes, bytes], ...]
     app: ASGIApp = field(repr=False)  # the route's handler, as an ASGI app
-    route: BaseRoute = field(repr=False)  # FastAPI's route object (`scope["route"]`)
+    route: BaseRoute | None = field(repr=False)  # FastAPI's route (`scope["route"]`), if any
     endpoint: Callable[..., Any] | None = field(repr=False)
-    owner: str = OWN_ROUTE  # who serves the route: Tenantry, or a plug-in by name
+    owner: str = OWN_ROUTE  # who serves the route: Tenantry, a plug-in or a product by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,35 @@ class RouteTable:
                     endpoint=endpoint,
                     owner=owners.get(endpoint, OWN_ROUTE) if endpoint else OWN_ROUTE,
                 )
+        return cls(templates)
+
+    @classmethod
+    def upstream(cls, routes: Iterable[ProductRoute], app: ASGIApp) -> RouteTable:
+        """The table of the products' routes (already merged: one entry per method and
+        shape), every one answered by `app`."""
+        templates: list[_Template] = []
+        by_pattern: dict[str, _Template] = {}
+        for declared in routes:
+            route = declared.route
+            regex, path, convertors = compile_path(route.path)
+            template = by_pattern.get(regex.pattern)
+            if template is None:
+                template = _Template(path, regex, convertors, {}, not convertors)
+                templates.append(template)
+                by_pattern[regex.pattern] = template
+            method = route.method.value
+            template.entries[method] = RouteEntry(
+                method=method,
+                template=path,
+                name=route_name(method, path),
+                scopes=frozenset(route.scopes),
+                public=route.public,
+                headers=(),
+                app=app,
+                route=None,
+                endpoint=None,
+                owner=declared.product,
+            )
         return cls(templates)
 
     def match(self, method: str, path: str) -> RouteMatch:

@@ -1,6 +1,6 @@
-"""What lives as long as the API process: registry, admission, limiter, clients, metrics and
-the probes' checks. One instance per app, kept in `app.state.runtime`, started and stopped
-by the app's lifespan; requests only read it."""
+"""What lives as long as the API process: registry, admission, the gateway check, limiter,
+clients, metrics and the probes' checks. One instance per app, kept in `app.state.runtime`,
+started and stopped by the app's lifespan; requests only read it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tenantry.api.access_log import AccessLog
 from tenantry.api.admission import Admission
 from tenantry.api.auth import AuthFailureLimiter
+from tenantry.api.check import GatewayCheck
 from tenantry.api.limiter.local_usage import LocalUsage
 from tenantry.api.limiter.request_limiter import RequestLimiter
 from tenantry.api.limiter.script import ScriptRunner
@@ -68,6 +69,7 @@ class ApiRuntime:
             trusted_proxies=tuple(settings.api.trusted_proxies),
             refusals=self.refusals,
         )
+        self.check = GatewayCheck(self.admission)
         self.all_origins: frozenset[str] = frozenset()
         self.draining = False
         self.registry_ready = asyncio.Event()
@@ -75,13 +77,22 @@ class ApiRuntime:
 
     def _on_swap(self, registry: Registry) -> None:
         self.admission.use(registry)
+        self.check.use(registry)
         self.all_origins = frozenset(
             origin for entry in registry.tenants.values() for origin in entry.allowed_origins
         )
         self.metrics.registry_tenants.set(len(registry.tenants))
         self.metrics.registry_version.info({"version": registry.version})
         self.registry_ready.set()
-        log.info("registry_swapped", version=registry.version, tenants=len(registry.tenants))
+        log.info(
+            "registry_swapped",
+            version=registry.version,
+            tenants=len(registry.tenants),
+            products=len(registry.products),
+            upstream_routes=len(registry.product_routes.routes),
+        )
+        for product, lost in registry.product_routes.conflicts.items():
+            log.warning("product_routes_conflict", product=product, routes=list(lost))
 
     # --- probes ------------------------------------------------------------------------
 

@@ -16,12 +16,15 @@ import yaml
 from pydantic import ValidationError
 
 from tenantry.contract.policy import effective_limits
+from tenantry.contract.registry import ProductRoutes, product_entry
 from tenantry.contract.resources import (
     API_VERSION,
     GROUP,
     ApiPlatform,
+    ApiProduct,
     ApiTenant,
     RateLimitPolicy,
+    ResourceKind,
 )
 
 _FIELD_PREFIX = re.compile(r"^(?P<field>[A-Za-z][\w.\[\]]*): (?P<message>.*)$", re.DOTALL)
@@ -50,14 +53,15 @@ def describe_validation_error(error: ValidationError) -> list[str]:
     return lines
 
 
-KINDS: dict[str, type[RateLimitPolicy] | type[ApiTenant] | type[ApiPlatform]] = {
+KINDS: dict[str, ResourceKind] = {
     RateLimitPolicy.kind_name: RateLimitPolicy,
     ApiTenant.kind_name: ApiTenant,
     ApiPlatform.kind_name: ApiPlatform,
+    ApiProduct.kind_name: ApiProduct,
 }
 
 
-def parse_manifest(document: Any) -> RateLimitPolicy | ApiTenant | ApiPlatform:
+def parse_manifest(document: Any) -> RateLimitPolicy | ApiTenant | ApiPlatform | ApiProduct:
     """Validate one decoded document; raises `ManifestError` naming each bad field."""
     if not isinstance(document, dict):
         raise ManifestError([f"expected a mapping, got {type(document).__name__}"])
@@ -82,12 +86,14 @@ class ManifestSet:
     policies: dict[tuple[str, str], RateLimitPolicy] = field(default_factory=dict)
     tenants: dict[tuple[str, str], ApiTenant] = field(default_factory=dict)
     platforms: dict[tuple[str, str], ApiPlatform] = field(default_factory=dict)
+    products: dict[tuple[str, str], ApiProduct] = field(default_factory=dict)
 
     def by_kind(self, kind: str) -> dict[tuple[str, str], Any]:
         buckets: dict[str, dict[tuple[str, str], Any]] = {
             "RateLimitPolicy": self.policies,
             "ApiTenant": self.tenants,
             "ApiPlatform": self.platforms,
+            "ApiProduct": self.products,
         }
         return buckets[kind]
 
@@ -116,7 +122,8 @@ def load_manifests(paths: Iterable[Path], platform_namespace: str) -> ManifestSe
     """Load and check every manifest under `paths`; raise `ManifestError` listing all problems.
 
     Beyond each object's own schema this checks what only the whole set can tell: duplicate
-    objects, a tenant whose tier (policy) does not exist, overrides that break the tier's rules.
+    objects, a tenant whose tier (policy) does not exist, overrides that break the tier's rules,
+    a product outside the platform namespace, a route two products declare.
     """
     found = ManifestSet()
     problems: list[str] = []
@@ -164,6 +171,19 @@ def load_manifests(paths: Iterable[Path], platform_namespace: str) -> ManifestSe
                 f"ApiTenant {namespace}/{name}: spec.overrides.{line}"
                 for line in describe_validation_error(error)
             )
+    for namespace, name in found.products:
+        if namespace != platform_namespace:
+            problems.append(
+                f"ApiProduct {namespace}/{name}: metadata.namespace: products live in the "
+                f"platform namespace {platform_namespace!r}, where the platform team keeps them"
+            )
+    merged = ProductRoutes.merge(
+        product_entry(product)
+        for (namespace, _), product in found.products.items()
+        if namespace == platform_namespace
+    )
+    for name, lost in sorted(merged.conflicts.items()):
+        problems.extend(f"ApiProduct {platform_namespace}/{name}: spec.routes: {c}" for c in lost)
     if problems:
         raise ManifestError(problems)
     return found

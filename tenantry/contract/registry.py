@@ -6,6 +6,11 @@ namespace. A tenant's entry lives in exactly one shard (chosen by a stable hash 
 one data key `<namespace>.<name>` holding the entry's compact JSON, so no shard nears the
 1 MiB object limit and a change to one tenant rewrites one shard.
 
+The products behind the gateway check (`ApiProduct`) live beside the shards in one Secret of
+their own, `tenantry-registry-products`, one data key per product name. Merged, their routes
+are the upstream's route table: where two products declare the same route, the product whose
+name sorts first keeps it, and the other's copy is reported as a conflict.
+
 Only key *hashes* are here; plaintext keys exist only in each tenant's own key Secret.
 """
 
@@ -14,22 +19,27 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from pydantic import Field, ValidationError, field_serializer
 
 from tenantry.contract.policy import effective_limits
 from tenantry.contract.resources import (
+    ApiProduct,
     ApiTenant,
     ContractModel,
     EffectiveLimits,
     RateLimitPolicy,
+    UpstreamRoute,
+    route_shape,
 )
 
 REGISTRY_LABEL = "tenantry.io/registry"
 SHARD_PREFIX = "tenantry-registry-"
+PRODUCTS_SHARD = f"{SHARD_PREFIX}products"
 # Keep each shard well under the 1 MiB Secret limit (base64 adds a third).
 SHARD_BUDGET_BYTES = 512 * 1024
 
@@ -75,6 +85,58 @@ class TenantEntry(ContractModel):
     @property
     def data_key(self) -> str:
         return tenant_data_key(self.tenant_id)
+
+
+class ProductEntry(ContractModel):
+    """A product's routes as the API serves them."""
+
+    name: str
+    routes: tuple[UpstreamRoute, ...]
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRoute:
+    """One route of the merged table, and the product declaring it."""
+
+    product: str
+    route: UpstreamRoute
+
+
+@dataclass(frozen=True)
+class ProductRoutes:
+    """Every product's routes merged into one table, and the copies that lost (a route two
+    products declare goes to the product whose name sorts first)."""
+
+    routes: tuple[ProductRoute, ...]
+    conflicts: Mapping[str, tuple[str, ...]]  # product name -> what it lost, said for a user
+
+    @classmethod
+    def merge(cls, products: Iterable[ProductEntry]) -> ProductRoutes:
+        kept: dict[tuple[str, str], ProductRoute] = {}
+        conflicts: dict[str, list[str]] = {}
+        for product in sorted(products, key=lambda p: p.name):
+            for route in product.routes:
+                key = (route.method.value, route_shape(route.path))
+                winner = kept.setdefault(key, ProductRoute(product.name, route))
+                if winner.product != product.name:
+                    conflicts.setdefault(product.name, []).append(
+                        f"{route.method.value} {route.path} is already served for product "
+                        f"{winner.product!r} ({winner.route.method.value} {winner.route.path})"
+                    )
+        return cls(tuple(kept.values()), {k: tuple(v) for k, v in conflicts.items()})
+
+
+def product_entry(product: ApiProduct) -> ProductEntry:
+    return ProductEntry(
+        name=product.name,
+        routes=tuple(product.spec.routes),
+        generation=product.metadata.generation or 0,
+    )
+
+
+def encode_product(product: ProductEntry) -> str:
+    return json.dumps(product.to_manifest(), separators=(",", ":"), sort_keys=True)
 
 
 def tenant_id_of(namespace: str, name: str) -> str:
@@ -130,12 +192,22 @@ class Registry:
     tenants: Mapping[str, TenantEntry]
     version: str
     by_key_id: Mapping[str, KeyRecord] = field(repr=False)
+    products: Mapping[str, ProductEntry] = field(default_factory=dict)
+    product_routes: ProductRoutes = field(default_factory=lambda: ProductRoutes((), {}), repr=False)
 
     @classmethod
-    def build(cls, entries: Iterable[TenantEntry]) -> Registry:
+    def build(
+        cls, entries: Iterable[TenantEntry], products: Iterable[ProductEntry] = ()
+    ) -> Registry:
         tenants: dict[str, TenantEntry] = {}
         by_key_id: dict[str, KeyRecord] = {}
         digest = hashlib.sha256()
+        by_name: dict[str, ProductEntry] = {}
+        for product in sorted(products, key=lambda p: p.name):
+            if product.name in by_name:
+                raise RegistryError(f"product {product.name}: listed twice")
+            by_name[product.name] = product
+            digest.update(encode_product(product).encode())
         for entry in sorted(entries, key=lambda e: e.tenant_id):
             if entry.tenant_id in tenants:
                 raise RegistryError(f"tenant {entry.tenant_id}: listed twice")
@@ -148,27 +220,64 @@ class Registry:
                         f"tenant {entry.tenant_id}: key id {key.key_id} is also held by {other}"
                     )
                 by_key_id[key.key_id] = KeyRecord(key, entry)
-        return cls(tenants=tenants, version=digest.hexdigest()[:16], by_key_id=by_key_id)
+        return cls(
+            tenants=tenants,
+            version=digest.hexdigest()[:16],
+            by_key_id=by_key_id,
+            products=by_name,
+            product_routes=ProductRoutes.merge(by_name.values()),
+        )
 
     @classmethod
     def decode(cls, shards: Mapping[str, Mapping[str, str]]) -> Registry:
-        """Parse `{shard name: {data key: entry JSON}}`; any bad entry rejects the whole set."""
+        """Parse `{shard name: {data key: entry JSON}}` (the products' Secret among them); any
+        bad entry rejects the whole set."""
         entries: list[TenantEntry] = []
+        products: list[ProductEntry] = []
         for shard, data in sorted(shards.items()):
-            for data_key, raw in sorted(data.items()):
-                try:
-                    entry = TenantEntry.model_validate_json(raw)
-                except ValidationError as error:
-                    raise RegistryError(f"{shard}/{data_key}: {error}") from error
-                if entry.data_key != data_key:
-                    raise RegistryError(
-                        f"{shard}/{data_key}: holds tenant {entry.tenant_id}, not {data_key}"
+            if shard == PRODUCTS_SHARD:
+                products.extend(_decoded(shard, data, ProductEntry, "product", lambda p: p.name))
+            else:
+                entries.extend(
+                    _decoded(
+                        shard, data, TenantEntry, "tenant", lambda e: e.tenant_id, tenant_data_key
                     )
-                entries.append(entry)
-        return cls.build(entries)
+                )
+        return cls.build(entries, products)
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         return self.by_key_id.get(key_id)
+
+
+Decoded = TypeVar("Decoded", TenantEntry, ProductEntry)
+
+
+def _product_name(product: ProductEntry) -> str:
+    return product.name
+
+
+def _tenant_id(entry: TenantEntry) -> str:
+    return entry.tenant_id
+
+
+def _decoded(
+    shard: str,
+    data: Mapping[str, str],
+    model: type[Decoded],
+    what: str,
+    name_of: Callable[[Decoded], str],
+    data_key_of: Callable[[str], str] = lambda name: name,
+) -> Iterator[Decoded]:
+    """The entries of one registry Secret, each checked to sit under its own data key."""
+    for data_key, raw in sorted(data.items()):
+        try:
+            decoded = model.model_validate_json(raw)
+        except ValidationError as error:
+            raise RegistryError(f"{shard}/{data_key}: {error}") from error
+        name = name_of(decoded)
+        if data_key_of(name) != data_key:
+            raise RegistryError(f"{shard}/{data_key}: holds {what} {name}, not {data_key}")
+        yield decoded
 
 
 EMPTY_REGISTRY = Registry.build([])

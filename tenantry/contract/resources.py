@@ -12,6 +12,7 @@ against the same table of bad manifests, so they cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,15 +141,20 @@ RESERVED_WITHIN_RATE = CrossFieldRule(
 )
 
 
-class RouteLimit(ContractModel):
-    """A per-route override of the tier's rate, matched on method and path template."""
+class RouteKey(ContractModel):
+    """A route as policies, products and usage name it: method and path template."""
 
-    method: HttpMethod = Field(description="HTTP method the override applies to.")
+    method: HttpMethod = Field(description="HTTP method of the route.")
     path: str = Field(
         pattern=ROUTE_TEMPLATE,
         max_length=256,
-        description="Route template as the API declares it, e.g. /v1/jobs/{job_id}.",
+        description="Path template, e.g. /v1/jobs/{job_id} or /flights/{flight_id}.",
     )
+
+
+class RouteLimit(RouteKey):
+    """A per-route override of the tier's rate, matched on method and path template."""
+
     requests_per_minute: RequestsPerMinute
     burst: Burst = 0
 
@@ -384,6 +390,78 @@ class ApiPlatformSpec(ContractModel):
     worker: ScaledDeployment = Field(description="The worker Deployment, scaled on job slots.")
 
 
+def _public_route_has_no_scopes(obj: Any) -> bool:
+    return not (obj.public and obj.scopes)
+
+
+PUBLIC_ROUTE_HAS_NO_SCOPES = CrossFieldRule(
+    cel="!(has(self.public) && self.public) || !has(self.scopes) || size(self.scopes) == 0",
+    message="a public route needs no key, so it cannot require scopes",
+    field_path="scopes",
+    holds=_public_route_has_no_scopes,
+)
+
+
+class UpstreamRoute(RouteKey):
+    """One route of a product's upstream, as the gateway check admits it."""
+
+    scopes: Annotated[
+        list[ScopeName],
+        Field(
+            max_length=16,
+            description="Scopes (`resource:action`) a key must hold for this route.",
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = []
+    public: Annotated[
+        bool, Field(description="Admitted without a key, unlimited and unmetered.")
+    ] = False
+
+    cross_field_rules: ClassVar[tuple[CrossFieldRule, ...]] = (PUBLIC_ROUTE_HAS_NO_SCOPES,)
+
+
+class ApiProductSpec(ContractModel):
+    """A product behind the gateway check: the route table of its upstream."""
+
+    display_name: Annotated[str, Field(max_length=128, description="Human-readable name.")] = ""
+    routes: Annotated[
+        list[UpstreamRoute],
+        Field(
+            min_length=1,
+            max_length=512,
+            description=(
+                "The upstream's routes, unique by method and path template. A request to a "
+                "path no product lists is admitted on the tenant's own limit."
+            ),
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["method", "path"],
+            },
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _routes_are_unique(self) -> ApiProductSpec:
+        seen: dict[tuple[str, str], str] = {}
+        for index, route in enumerate(self.routes):
+            key = (route.method.value, route_shape(route.path))
+            if key in seen:
+                raise ValueError(
+                    f"routes[{index}]: {route.method.value} {route.path} is the same route as "
+                    f"{route.method.value} {seen[key]} (parameter names aside)"
+                )
+            seen[key] = route.path
+        return self
+
+
+_PARAMETER = re.compile(r"\{[^}]*\}")
+
+
+def route_shape(path: str) -> str:
+    """A path template with its parameters unnamed: `/a/{x}` and `/a/{y:int}` are one path."""
+    return _PARAMETER.sub("{}", path)
+
+
 # --- status ----------------------------------------------------------------------------------
 
 
@@ -461,6 +539,14 @@ class ApiPlatformStatus(ContractModel):
     active_tenants: int = 0
     api: ScalingStatus | None = None
     worker: ScalingStatus | None = None
+
+
+class ApiProductStatus(ContractModel):
+    """What the operator published of a product."""
+
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    conditions: list[Condition] = []
+    route_count: int = 0
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -542,8 +628,16 @@ class ApiPlatform(Resource[ApiPlatformSpec, ApiPlatformStatus]):
     kind: Literal["ApiPlatform"] = "ApiPlatform"
 
 
-RESOURCE_KINDS: tuple[type[RateLimitPolicy] | type[ApiTenant] | type[ApiPlatform], ...] = (
-    RateLimitPolicy,
-    ApiTenant,
-    ApiPlatform,
-)
+class ApiProduct(Resource[ApiProductSpec, ApiProductStatus]):
+    """A product behind the gateway check: its upstream's routes and the scopes they need."""
+
+    kind_name = "ApiProduct"
+    plural = "apiproducts"
+    short_names = ("product",)
+    spec_model = ApiProductSpec
+    status_model = ApiProductStatus
+    kind: Literal["ApiProduct"] = "ApiProduct"
+
+
+ResourceKind = type[RateLimitPolicy] | type[ApiTenant] | type[ApiPlatform] | type[ApiProduct]
+RESOURCE_KINDS: tuple[ResourceKind, ...] = (RateLimitPolicy, ApiTenant, ApiPlatform, ApiProduct)

@@ -10,16 +10,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from tenantry.contract.issuance import KeySecretState, issued_keys, key_secret_name
 from tenantry.contract.policy import min_replicas_for
-from tenantry.contract.registry import REGISTRY_LABEL, TenantEntry, encode_entry
+from tenantry.contract.registry import (
+    REGISTRY_LABEL,
+    ProductEntry,
+    TenantEntry,
+    encode_entry,
+    encode_product,
+)
 from tenantry.contract.resources import (
     API_VERSION,
     ApiPlatform,
+    ApiProductStatus,
     ApiTenant,
     ApiTenantStatus,
     Condition,
@@ -305,6 +312,44 @@ def policy_status(
             )
         ]
     }
+
+
+# --- products --------------------------------------------------------------------------------
+
+
+def product_value(product: ProductEntry) -> str:
+    """The products Secret's `data` value for one product, base64 as Secrets store it."""
+    return b64(encode_product(product))
+
+
+def product_status(
+    existing: Mapping[str, Any],
+    generation: int | None,
+    route_count: int,
+    lost: Sequence[str],
+    now: datetime,
+) -> dict[str, Any]:
+    """Ready while the gateway check serves every route of the product; a route another
+    product declared first is named in the message."""
+    conditions = existing.get("conditions") or []
+    status = ApiProductStatus(observed_generation=generation, route_count=route_count)
+    if lost:
+        ready = condition(
+            conditions, READY, False, "RouteConflict", "; ".join(lost), generation, now
+        )
+    else:
+        message = f"the gateway check serves {route_count} route(s) of this product"
+        ready = condition(conditions, READY, True, "Published", message, generation, now)
+    return status.to_manifest() | {"conditions": [ready]}
+
+
+def invalid_product_status(
+    existing: Mapping[str, Any], generation: int | None, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    conditions = existing.get("conditions") or []
+    status = ApiProductStatus(observed_generation=generation)
+    ready = condition(conditions, READY, False, reason, message, generation, now)
+    return status.to_manifest() | {"conditions": [ready]}
 
 
 # --- platform --------------------------------------------------------------------------------

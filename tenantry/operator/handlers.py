@@ -29,6 +29,7 @@ log = structlog.get_logger("tenantry.operator")
 TENANTS = (GROUP, VERSION, "apitenants")
 POLICIES = (GROUP, VERSION, "ratelimitpolicies")
 PLATFORMS = (GROUP, VERSION, "apiplatforms")
+PRODUCTS = (GROUP, VERSION, "apiproducts")
 SECRETS = ("v1", "secrets")
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
 
@@ -80,6 +81,13 @@ def tenants_by_policy(body: kopf.Body, memo: Any, **_: Any) -> dict[tuple[str, s
 
 def policies(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, dict[str, Any]]:
     return {(namespace, name): dict(body)}
+
+
+def products(body: kopf.Body, namespace: str, name: str, memo: Any, **_: Any) -> dict[str, Any]:
+    """The platform namespace's products, which the gateway check's table merges."""
+    if namespace != memo.settings.platform_namespace:
+        return {}
+    return {name: dict(body)}
 
 
 def registry_shards(
@@ -185,6 +193,43 @@ async def registry_shard_changed(
         await memo.reconciler.repair_shard(name, data, list(tenants.keys()))
     except KubeError as error:
         log.warning("registry_shard_repair_failed", shard=name, error=str(error))
+
+
+# --- products --------------------------------------------------------------------------------
+
+
+async def product_changed(body: kopf.Body, memo: Any, products: Index, **_: Any) -> None:
+    """A product's routes go to the registry. One product's change can cause or settle
+    another's route conflict, so every product's status is brought up to date."""
+    await _reconcile_products(memo, products, changed=body)
+
+
+async def product_deleted(
+    body: kopf.Body, name: str, namespace: str, memo: Any, products: Index, **_: Any
+) -> None:
+    try:
+        if namespace == memo.settings.platform_namespace:
+            await memo.reconciler.remove_product(name)
+    except KubeError as error:
+        raise _retry_later(memo, error) from error
+    await _reconcile_products(memo, products, gone=name)
+
+
+async def _reconcile_products(
+    memo: Any, products: Index, changed: kopf.Body | None = None, gone: str | None = None
+) -> None:
+    reconciler: Reconciler = memo.reconciler
+    current = {key: _one(products, key) for key in list(products.keys()) if key != gone}
+    if changed is not None:
+        current[changed["metadata"]["name"]] = changed
+    try:
+        if changed is not None:
+            await reconciler.reconcile_product(changed, current)
+        for body in current.values():
+            if body is not None and body is not changed:
+                await reconciler.reconcile_product(body, current)
+    except KubeError as error:
+        raise _retry_later(memo, error) from error
 
 
 # --- policies --------------------------------------------------------------------------------
@@ -330,6 +375,7 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.index(*TENANTS, id="tenants", registry=registry)(_handler(tenants))
     kopf.index(*TENANTS, id="tenants_by_policy", registry=registry)(_handler(tenants_by_policy))
     kopf.index(*POLICIES, id="policies", registry=registry)(_handler(policies))
+    kopf.index(*PRODUCTS, id="products", registry=registry)(_handler(products))
     kopf.index(
         *SECRETS, id="registry_shards", labels={REGISTRY_LABEL: kopf.PRESENT}, registry=registry
     )(_handler(registry_shards))
@@ -339,6 +385,9 @@ def build_registry() -> kopf.OperatorRegistry:
     for cause, name in ((on.resume, "resume"), (on.create, "create"), (on.update, "update")):
         cause(*TENANTS, id=f"tenant-{name}", registry=registry)(_handler(tenant_changed))
     on.delete(*TENANTS, id="tenant-deleted", registry=registry)(_handler(tenant_deleted))
+    for cause, name in ((on.resume, "resume"), (on.create, "create"), (on.update, "update")):
+        cause(*PRODUCTS, id=f"product-{name}", registry=registry)(_handler(product_changed))
+    on.delete(*PRODUCTS, id="product-deleted", registry=registry)(_handler(product_deleted))
     on.event(
         *SECRETS, id="key-secret", labels={desired.KEY_SECRET_LABEL: "true"}, registry=registry
     )(_handler(key_secret_changed))

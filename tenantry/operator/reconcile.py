@@ -34,7 +34,11 @@ from tenantry.contract.issuance import (
 from tenantry.contract.manifests import describe_validation_error
 from tenantry.contract.policy import effective_limits, reserved_capacity, reserved_job_slots
 from tenantry.contract.registry import (
+    PRODUCTS_SHARD,
+    ProductEntry,
+    ProductRoutes,
     TenantEntry,
+    product_entry,
     shard_index,
     shard_name,
     tenant_data_key,
@@ -43,6 +47,7 @@ from tenantry.contract.registry import (
 )
 from tenantry.contract.resources import (
     ApiPlatform,
+    ApiProduct,
     ApiTenant,
     ApiTenantSpec,
     EffectiveLimits,
@@ -449,6 +454,52 @@ class Reconciler:
         log.info("registry_shard_repaired", shard=name, entries=len(changes))
         return 1
 
+    # --- products ----------------------------------------------------------------------------
+
+    async def reconcile_product(self, body: Body, products: Mapping[str, Body]) -> int:
+        """Publish a product's routes to the registry's products Secret and report what the
+        gateway check serves of them; `products` are every product of the platform
+        namespace as the index shows them (a route two declare goes to the first by name).
+        The write count."""
+        metadata = body.get("metadata") or {}
+        name, generation = str(metadata.get("name")), metadata.get("generation")
+        if metadata.get("namespace") != self.platform_namespace:
+            message = (
+                f"products live in the platform namespace {self.platform_namespace!r}; "
+                "this one is not served"
+            )
+            want = desired.invalid_product_status(
+                self.status_of(body), generation, "WrongNamespace", message, self.clock()
+            )
+            return await self._patch_status(body, "apiproducts", want)
+        try:
+            product = ApiProduct.model_validate(_resource_fields(body))
+        except ValidationError as error:
+            writes = await self.remove_product(name)
+            message = "; ".join(describe_validation_error(error))
+            want = desired.invalid_product_status(
+                self.status_of(body), generation, "InvalidSpec", message, self.clock()
+            )
+            return writes + await self._patch_status(body, "apiproducts", want)
+        entry = product_entry(product)
+        writes = 0
+        value = desired.product_value(entry)
+        if self.shards.get(PRODUCTS_SHARD, {}).get(name) != value:
+            await self._write_shard(PRODUCTS_SHARD, {name: value})
+            writes += 1
+        lost = ProductRoutes.merge(_valid_products(products, entry)).conflicts.get(name, ())
+        want = desired.product_status(
+            self.status_of(body), generation, len(entry.routes), lost, self.clock()
+        )
+        return writes + await self._patch_status(body, "apiproducts", want)
+
+    async def remove_product(self, name: str) -> int:
+        if name not in self.shards.get(PRODUCTS_SHARD, {}):
+            return 0
+        await self._write_shard(PRODUCTS_SHARD, {name: None})
+        log.info("product_removed", product=name)
+        return 1
+
     # --- policies ----------------------------------------------------------------------------
 
     async def reconcile_policy(self, body: Body, tenant_count: int) -> int:
@@ -549,6 +600,19 @@ class Reconciler:
         await self.client.patch(path, {"status": patch})
         metrics.WRITES.labels(object=f"{plural}/status").inc()
         return 1
+
+
+def _valid_products(products: Mapping[str, Body], current: ProductEntry) -> list[ProductEntry]:
+    """The products to merge: `current` as just read, and every other valid one."""
+    entries = [current]
+    for name, body in products.items():
+        if name == current.name:
+            continue
+        try:
+            entries.append(product_entry(ApiProduct.model_validate(_resource_fields(body))))
+        except ValidationError:
+            continue  # its own pass reports it, and it is not published
+    return entries
 
 
 def _object_key(body: Body) -> str:

@@ -35,6 +35,7 @@ from tenantry.contract.registry import (
     Registry,
     RegistryError,
     TenantEntry,
+    product_entry,
     tenant_entry,
     tenant_id_of,
 )
@@ -90,7 +91,9 @@ class FileRegistrySource:
             entries.append(
                 tenant_entry(tenant, policy, registry_keys(tenant, state), state.signing_secret)
             )
-        registry = Registry.build(entries)
+        registry = Registry.build(
+            entries, (product_entry(product) for product in found.products.values())
+        )
         self._write_keys(states)
         return Reconciled(registry, states, found)
 

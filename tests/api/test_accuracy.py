@@ -110,7 +110,10 @@ async def test_several_processes_admit_what_the_policy_allows_and_no_more(
         processes = [
             stack.enter_context(
                 tenantry_process(
-                    ["api", "--port", str(port)], env, tmp_path, tmp_path / f"api-{port}.log"
+                    ["api", "--port", str(port), "--check-port", str(free_port())],
+                    env,
+                    tmp_path,
+                    tmp_path / f"api-{port}.log",
                 )
             )
             for port in ports

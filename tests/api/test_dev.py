@@ -35,7 +35,8 @@ def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
 ) -> None:
     port = free_port()
     log = tmp_path / "dev.log"
-    args = ["dev", "--manifests", str(REPO / "examples"), "--port", str(port)]
+    args = ["dev", "--manifests", str(REPO / "examples"), "--check-port", str(free_port())]
+    args += ["--port", str(port)]
     with tenantry_process(args, {}, tmp_path, log) as process:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url + "/livez", process)

@@ -304,7 +304,7 @@ def test_tenantry_api_refuses_to_start_with_a_bad_plugin_and_says_why(
     _install_fake_distribution(site, "broken-plugin", source, entry_point)
     port = free_port()
     finished = subprocess.run(
-        [TENANTRY, "api", "--port", str(port)],
+        [TENANTRY, "api", "--port", str(port), "--check-port", str(free_port())],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *_python_path()])},
         capture_output=True,
         text=True,
@@ -325,6 +325,7 @@ def test_a_failing_handler_is_logged_with_its_plugin_and_route_and_no_key(
     port = free_port()
     log = tmp_path / "dev.log"
     args = ["dev", "--manifests", str(manifests), "--port", str(port)]
+    args += ["--check-port", str(free_port())]
     with tenantry_process(args, {}, tmp_path, log) as process:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url + "/livez", process)

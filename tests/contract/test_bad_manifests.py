@@ -39,6 +39,18 @@ PLATFORM: dict[str, Any] = {
         "worker": {"deployment": "tenantry-worker", "capacityPerReplica": 8},
     },
 }
+PRODUCT: dict[str, Any] = {
+    "apiVersion": "tenantry.io/v1alpha1",
+    "kind": "ApiProduct",
+    "metadata": {"name": "flights", "namespace": "tenantry-system"},
+    "spec": {
+        "displayName": "Flight data",
+        "routes": [
+            {"method": "GET", "path": "/flights/{flight_id}", "scopes": ["flights:read"]},
+            {"method": "GET", "path": "/status", "public": True},
+        ],
+    },
+}
 
 
 def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -149,6 +161,26 @@ BAD_MANIFESTS = [
         "spec.worker.capacityPerReplica", "greater than 0", "less than or equal to the minimum",
         id="zero-capacity",
     ),
+    pytest.param(
+        _with(PRODUCT, "spec.routes.1.scopes", ["status:read"]),
+        "spec.routes.1.scopes", "a public route needs no key", "a public route needs no key",
+        id="public-route-with-scopes",
+    ),
+    pytest.param(
+        _with(PRODUCT, "spec.routes.0.path", "flights/{flight_id}"),
+        "spec.routes.0.path", "string should match pattern", "does not match",
+        id="route-path-not-absolute",
+    ),
+    pytest.param(
+        _with(PRODUCT, "spec.routes.0.scopes", ["flights"]),
+        "spec.routes.0.scopes.0", "string should match pattern", "does not match",
+        id="scope-without-action",
+    ),
+    pytest.param(
+        _with(PRODUCT, "spec.routes", []),
+        "spec.routes", "at least 1 item", "should be non-empty",
+        id="product-without-routes",
+    ),
 ]  # fmt: skip
 
 
@@ -181,7 +213,7 @@ def test_crd_schema_refuses_bad_manifest_naming_field_and_rule(
     ), errors
 
 
-@pytest.mark.parametrize("good", [POLICY, TENANT, PLATFORM], ids=lambda m: m["kind"])
+@pytest.mark.parametrize("good", [POLICY, TENANT, PLATFORM, PRODUCT], ids=lambda m: m["kind"])
 def test_good_manifest_is_admitted_by_models_and_crd(good: dict[str, Any]) -> None:
     parse_manifest(good)
     assert crd_errors(good) == []
@@ -244,3 +276,33 @@ def test_other_kinds_in_the_files_are_left_alone_but_a_mistyped_version_of_ours_
     mistyped = _with(TENANT, "apiVersion", "tenantry.io/v1alpah1")
     with pytest.raises(ManifestError, match=r"apiVersion: expected 'tenantry\.io/v1alpha1'"):
         load_manifests([_write(tmp_path, POLICY, mistyped)], "tenantry-system")
+
+
+def test_a_product_declaring_one_route_twice_is_refused_whatever_its_parameters_are_called() -> (
+    None
+):
+    twice = _with(
+        PRODUCT, "spec.routes.1", {"method": "GET", "path": "/flights/{code}", "scopes": []}
+    )
+    with pytest.raises(ManifestError) as refused:
+        parse_manifest(twice)
+    assert any(
+        "spec.routes[1]: GET /flights/{code} is the same route as GET /flights/{flight_id}"
+        in problem
+        for problem in refused.value.problems
+    ), refused.value.problems
+
+
+def test_products_live_in_the_platform_namespace_and_never_share_a_route(tmp_path: Path) -> None:
+    elsewhere = _with(_with(PRODUCT, "metadata.namespace", "team-a"), "metadata.name", "rogue")
+    rival = _with(_with(PRODUCT, "metadata.name", "zeppelins"), "spec.routes", [
+        {"method": "GET", "path": "/flights/{id}"}, {"method": "GET", "path": "/airships"},
+    ])  # fmt: skip
+    with pytest.raises(ManifestError) as refused:
+        load_manifests([_write(tmp_path, PRODUCT, elsewhere, rival)], "tenantry-system")
+    assert refused.value.problems == [
+        "ApiProduct team-a/rogue: metadata.namespace: products live in the platform namespace "
+        "'tenantry-system', where the platform team keeps them",
+        "ApiProduct tenantry-system/zeppelins: spec.routes: GET /flights/{id} is already served "
+        "for product 'flights' (GET /flights/{flight_id})",
+    ]

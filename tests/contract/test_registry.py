@@ -9,16 +9,19 @@ import pytest
 
 from tenantry.contract.keys import generate_key
 from tenantry.contract.registry import (
+    PRODUCTS_SHARD,
     SHARD_BUDGET_BYTES,
+    ProductEntry,
     Registry,
     RegistryError,
     RegistryKey,
     TenantEntry,
     encode_entry,
+    encode_product,
     encode_shards,
     tenant_entry,
 )
-from tenantry.contract.resources import ApiTenant, RateLimitPolicy
+from tenantry.contract.resources import ApiTenant, HttpMethod, RateLimitPolicy, UpstreamRoute
 
 
 def _entry(tenant_id: str, key_count: int = 1) -> tuple[TenantEntry, list[str]]:
@@ -131,3 +134,47 @@ def test_equal_registries_have_equal_versions_whatever_the_order_of_scopes() -> 
         == Registry.build([entry.model_copy(update={"keys": (second,)})]).version
     )
     assert encode_entry(entry).count('"scopes":["jobs:read","reports:write","usage:read"]') == 1
+
+
+def _product(name: str, *paths: str) -> ProductEntry:
+    routes = tuple(UpstreamRoute(method=HttpMethod.GET, path=path) for path in paths)
+    return ProductEntry(name=name, routes=routes)
+
+
+def test_products_travel_beside_the_shards_and_change_the_version() -> None:
+    entry, _ = _entry("team-a/acme")
+    shards = encode_shards([entry], shard_count=2)
+    flights = _product("flights", "/flights/{flight_id}", "/status")
+    with_products = shards | {PRODUCTS_SHARD: {"flights": encode_product(flights)}}
+    registry = Registry.decode(with_products)
+    assert registry.products == {"flights": flights}
+    assert [r.route.path for r in registry.product_routes.routes] == [
+        "/flights/{flight_id}",
+        "/status",
+    ]
+    assert registry.version != Registry.decode(shards).version
+
+
+def test_a_product_under_another_name_rejects_the_snapshot() -> None:
+    stored = {PRODUCTS_SHARD: {"flights": encode_product(_product("trains", "/trains"))}}
+    with pytest.raises(RegistryError, match=f"{PRODUCTS_SHARD}/flights: holds product trains"):
+        Registry.decode(stored)
+
+
+def test_a_route_two_products_declare_goes_to_the_first_by_name_and_the_other_is_told() -> None:
+    merged = Registry.build(
+        [],
+        [
+            _product("zeppelins", "/flights/{code}", "/airships"),
+            _product("flights", "/flights/{id}"),
+        ],
+    ).product_routes
+    assert {(r.product, r.route.path) for r in merged.routes} == {
+        ("flights", "/flights/{id}"),
+        ("zeppelins", "/airships"),
+    }
+    assert merged.conflicts == {
+        "zeppelins": (
+            "GET /flights/{code} is already served for product 'flights' (GET /flights/{id})",
+        )
+    }

@@ -27,7 +27,13 @@ from tests.operator.conftest import (
     _record,
     eventually,
 )
-from tests.operator.test_scenarios import platform, policy, ready_tenant
+from tests.operator.test_scenarios import (
+    platform,
+    policy,
+    product,
+    product_with,
+    ready_tenant,
+)
 
 pytestmark = pytest.mark.operator
 
@@ -40,6 +46,8 @@ PEERING_ONLY = {
     for verb in ("get", "list", "watch", "patch")
     for resource in ("kopfpeerings", "clusterkopfpeerings")
 }
+
+STATUS_ROUTE = {"method": "GET", "path": "/status", "public": True}
 
 Call = tuple[str, str, str]  # (verb, API group, resource[/subresource])
 
@@ -75,14 +83,16 @@ def used_by(agent_prefixes: tuple[str, ...]) -> set[Call]:
 
 
 async def tour(cluster: Cluster) -> None:
-    """Everything the operator and the source do, once: onboarding, a policy edit, drift of
-    each owned object, deletion of a tenant and of its policy."""
+    """Everything the operator and the source do, once: onboarding, a product, a policy edit,
+    drift of each owned object, deletion of a tenant and of its policy."""
     holder = RegistryHolder()
     source = asyncio.create_task(KubernetesRegistrySource(cluster.platform_namespace).run(holder))
     ns, platform_ns = cluster.tenant_namespace, cluster.platform_namespace
     await cluster.create("ratelimitpolicies", platform_ns, policy("standard"))
     await cluster.create("apiplatforms", platform_ns, platform())
     await ready_tenant(cluster, "acme")
+    await cluster.create("apiproducts", platform_ns, product("flights", STATUS_ROUTE))
+    await product_with(cluster, "flights", "True", "Published")
     await cluster.patch(
         "ratelimitpolicies", platform_ns, "standard", {"spec": {"requestsPerMinute": 60}}
     )

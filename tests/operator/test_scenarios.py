@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tenantry.contract.keys import parse_key
-from tenantry.contract.registry import REGISTRY_LABEL, TenantEntry
+from tenantry.contract.registry import REGISTRY_LABEL, Registry, TenantEntry
 from tenantry.operator import desired
 from tests.operator.conftest import (
     Cluster,
@@ -563,3 +563,84 @@ async def test_policy_deleted_while_the_operator_was_down_keeps_the_last_limits(
         assert entry is not None
         assert entry.limits is not None
         assert entry.limits.requests_per_minute == 600
+
+
+# --- products behind the gateway check -----------------------------------------------------
+
+
+def product(name: str, *routes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tenantry.io/v1alpha1",
+        "kind": "ApiProduct",
+        "metadata": {"name": name},
+        "spec": {"displayName": name.title(), "routes": list(routes)},
+    }
+
+
+async def served_registry(cluster: Cluster) -> Registry:
+    """The registry as the API decodes it from the registry Secrets."""
+    shards = {
+        shard["metadata"]["name"]: desired.secret_strings(shard)
+        for shard in await cluster.list_secrets(cluster.platform_namespace, REGISTRY_LABEL)
+    }
+    return Registry.decode(shards)
+
+
+async def product_with(cluster: Cluster, name: str, status: str, reason: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        found = await cluster.get("apiproducts", cluster.platform_namespace, name)
+        ready = condition(found, "Ready")
+        return found if (ready.get("status"), ready.get("reason")) == (status, reason) else None
+
+    return await eventually(probe, within=10.0, what=f"product {name} Ready={status} {reason}")
+
+
+async def test_products_routes_reach_the_registry_and_a_shared_route_is_reported(
+    cluster: Cluster, operator: RunningOperator
+) -> None:
+    flights = product(
+        "flights",
+        {"method": "GET", "path": "/flights/{flight_id}", "scopes": ["flights:read"]},
+        {"method": "GET", "path": "/status", "public": True},
+    )
+    await cluster.create("apiproducts", cluster.platform_namespace, flights)
+    published = await product_with(cluster, "flights", "True", "Published")
+    assert published["status"]["routeCount"] == 2
+
+    async def table() -> dict[str, str] | None:
+        registry = await served_registry(cluster)
+        routes = {
+            f"{r.route.method.value} {r.route.path}": r.product
+            for r in registry.product_routes.routes
+        }
+        return routes or None
+
+    assert await eventually(table, what="routes in the registry") == {
+        "GET /flights/{flight_id}": "flights",
+        "GET /status": "flights",
+    }
+    # A second product declaring a route the first serves keeps its other routes; the shared
+    # route stays with the first by name, and the second says so.
+    airships = product(
+        "zeppelins",
+        {"method": "GET", "path": "/flights/{code}"},
+        {"method": "GET", "path": "/airships"},
+    )
+    await cluster.create("apiproducts", cluster.platform_namespace, airships)
+    conflicted = await product_with(cluster, "zeppelins", "False", "RouteConflict")
+    assert (
+        "GET /flights/{code} is already served for product 'flights'"
+        in (condition(conflicted, "Ready")["message"])
+    )
+    # Once the first product is gone, the route is the second's and its conflict is settled.
+    await cluster.delete("apiproducts", cluster.platform_namespace, "flights")
+    await product_with(cluster, "zeppelins", "True", "Published")
+
+    async def moved() -> dict[str, str] | None:
+        routes = await table()
+        return routes if routes and "GET /status" not in routes else None
+
+    assert await eventually(moved, what="flights' routes gone") == {
+        "GET /flights/{code}": "zeppelins",
+        "GET /airships": "zeppelins",
+    }
