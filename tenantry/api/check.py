@@ -14,8 +14,8 @@ limit under one route name, `<unlisted>`, so raw paths never become labels or us
 Admission is the same as for every other route (`Admission.admit`: key, scopes, one Redis
 call for rate, route override, quota and usage). Then:
 - allow: 200 with no body, and for the upstream `X-Tenantry-Tenant`, `-Tier`, `-Key` (the
-  key's name), `-Scopes` (`*` for a key holding every scope), plus the request id and the
-  rate-limit headers the API middleware adds to every response;
+  key's name), `-Scopes` (`*` for a key holding every scope), all empty on a public route,
+  plus the request id and the rate-limit headers the API middleware adds to every response;
 - deny: the problem document (401, 403, 429 or 503) with `Retry-After` and the rate-limit
   headers, as Tenantry's own routes answer. nginx's `auth_request` discards that body and
   turns any status but 401 and 403 into 500, so when the request came from nginx the problem
@@ -58,6 +58,12 @@ ORIGINAL_URI = b"x-original-uri"
 PROBLEM_HEADER = b"x-tenantry-problem"
 
 ALLOWED_HEADERS = ((b"content-length", b"0"),)
+# On a public route nobody is admitted: the caller's headers go to the upstream empty, so a
+# gateway that copies them (Envoy's `headersToBackend`) overwrites whatever a client sent.
+NO_CALLER_HEADERS = tuple(
+    (name, b"")
+    for name in (b"x-tenantry-tenant", b"x-tenantry-tier", b"x-tenantry-key", b"x-tenantry-scopes")
+)
 ALLOWED_BODY = {"type": "http.response.body", "body": b""}
 
 
@@ -151,7 +157,7 @@ class GatewayCheck:
     async def _allow(self, scope: Scope, receive: Receive, send: Send) -> None:
         context: RequestContext = scope["tenantry"]
         caller = context.caller
-        headers = [*ALLOWED_HEADERS, *self._headers_of(caller)] if caller else [*ALLOWED_HEADERS]
+        headers = [*ALLOWED_HEADERS, *(self._headers_of(caller) if caller else NO_CALLER_HEADERS)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send(ALLOWED_BODY)
 

@@ -19,6 +19,7 @@ NAMESPACE = "tenantry-system"
 # A version kubernetes-validate bundles schemas for, and kind's current node image line.
 KUBE_VERSION = "1.33.0"
 MONITORING_API = "monitoring.coreos.com/v1"
+ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1/SecurityPolicy"
 
 # The environments a user installs, a bare install on the chart's defaults, and every feature
 # at once. Each renders with the capabilities such a cluster would have.
@@ -34,6 +35,8 @@ VALUE_SETS: dict[str, list[str]] = {
         str(HERE / "values-all-features.yaml"),
         "--api-versions",
         MONITORING_API,
+        "--api-versions",
+        ENVOY_GATEWAY_API,
     ],
 }
 

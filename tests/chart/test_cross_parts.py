@@ -127,6 +127,8 @@ def test_every_component_environment_is_accepted_by_settings(
             assert settings.worker.soft_shutdown_timeout_seconds == 60
         if container["name"] == "api":
             assert (settings.api.host, settings.api.port) == ("0.0.0.0", 8000)
+            ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+            assert settings.api.check_port == ports["check"] == 8081
             assert settings.registry.source == "kubernetes"
         if container["name"] == "operator":
             assert settings.operator.namespaces == ["team-a", "team-b"]
@@ -159,9 +161,27 @@ def _unserved(paths: set[str]) -> set[str]:
     return {path for path in paths if not served(path)}
 
 
-def test_every_ingress_path_leads_to_a_route_of_the_api(chart: Chart) -> None:
-    (ingress,) = chart.values_set("prod").of_kind("Ingress")
-    paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+def _public_paths(rendered: Rendered) -> dict[str, str]:
+    """`{path: "Prefix" | "Exact"}` of every path the Ingresses and HTTPRoutes route."""
+    paths = {
+        path["path"]: path["pathType"]
+        for ingress in rendered.of_kind("Ingress")
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    kinds = {"PathPrefix": "Prefix", "Exact": "Exact"}
+    paths |= {
+        match["path"]["value"]: kinds[match["path"]["type"]]
+        for route in rendered.of_kind("HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for match in rule["matches"]
+    }
+    return paths
+
+
+@pytest.mark.parametrize("exposure", ["ingress", "httpRoute"])
+def test_every_public_path_leads_to_a_route_of_the_api(chart: Chart, exposure: str) -> None:
+    paths = _public_paths(chart.render("--set", f"{exposure}.enabled=true"))
     assert paths == {"/v1": "Prefix", "/openapi.json": "Exact", "/docs": "Prefix"}
     served = _served_paths()
     for path, path_type in paths.items():

@@ -9,7 +9,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, KUBE_VERSION, RELEASE, REPO, Chart, Rendered
+from tests.chart.conftest import (
+    CHART,
+    ENVOY_GATEWAY_API,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    Chart,
+    Rendered,
+)
+from tests.chart.gateway_schemas import schema_errors
 from tests.harness.crd_schema import crd_errors
 
 pytestmark = pytest.mark.chart
@@ -25,7 +35,14 @@ def _kubernetes_errors(obj: dict[str, Any], version: str = KUBE_VERSION) -> str 
 
 
 # Custom resources the chart renders: checked against their CRDs, not Kubernetes' schemas.
-CUSTOM_KINDS = ("ApiPlatform", "ServiceMonitor", "ClusterKopfPeering", "KopfPeering")
+GATEWAY_KINDS = ("HTTPRoute", "SecurityPolicy", "ReferenceGrant")
+CUSTOM_KINDS = (
+    "ApiPlatform",
+    "ServiceMonitor",
+    "ClusterKopfPeering",
+    "KopfPeering",
+    *GATEWAY_KINDS,
+)
 
 
 def test_every_builtin_object_passes_the_strict_kubernetes_schema(rendered: Rendered) -> None:
@@ -46,6 +63,57 @@ def test_the_oldest_supported_kubernetes_accepts_every_object(chart: Chart) -> N
 def test_the_api_platform_is_admitted_by_the_generated_crd(rendered: Rendered) -> None:
     (platform,) = rendered.of_kind("ApiPlatform")
     assert crd_errors(platform) == []
+
+
+def test_gateway_objects_are_admitted_by_their_upstream_crd_schemas(rendered: Rendered) -> None:
+    gateway = [obj for obj in rendered.objects if obj["kind"] in GATEWAY_KINDS]
+    errors = [error for obj in gateway for error in schema_errors(obj)]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        (
+            ["httpRoute.rules[0].filters[0].type=RequestHeaderModifier"],
+            "filter.requestHeaderModifier must be specified for RequestHeaderModifier",
+        ),
+        (["httpRoute.rules[0].matches[0].path.value=/v1//jobs"], "must not contain '//'"),
+        (
+            [
+                f"httpRoute.parentRefs[{i}].{field}"
+                for i in (0, 1)
+                for field in ("name=eg", "port=80")
+            ],
+            "sectionName must be unique",
+        ),
+    ],
+)
+def test_the_gateway_api_schema_refuses_a_route_the_api_server_would(
+    chart: Chart, values: list[str], refusal: str
+) -> None:
+    """The vendored schema and its CEL rules are live: a bad route would not slip through."""
+    args = ["--set", "httpRoute.enabled=true", *(a for v in values for a in ("--set", v))]
+    (route,) = chart.render(*args).of_kind("HTTPRoute")
+    assert any(refusal in error for error in schema_errors(route)), schema_errors(route)
+
+
+def test_the_envoy_gateway_schema_refuses_an_unsupported_backend(chart: Chart) -> None:
+    rendered = chart.render(
+        "--api-versions",
+        ENVOY_GATEWAY_API,
+        "--set",
+        "envoyGateway.securityPolicy.enabled=true",
+        "--set",
+        "envoyGateway.securityPolicy.targetRefs[0].name=flights",
+    )
+    (policy,) = rendered.of_kind("SecurityPolicy")
+    assert schema_errors(policy) == []
+    policy["spec"]["extAuth"]["http"]["backendRefs"][0]["kind"] = "Pod"
+    assert any("only supports Service" in error for error in schema_errors(policy))
+    policy["spec"]["extAuth"]["http"]["timeout"] = "1s"
+    assert any("'timeout' was unexpected" in error for error in schema_errors(policy))
+    assert policy["metadata"]["namespace"] == NAMESPACE
 
 
 def test_service_monitors_select_the_services_that_expose_their_port(rendered: Rendered) -> None:
@@ -106,6 +174,7 @@ def test_include_crds_renders_every_custom_resource_definition(chart: Chart) -> 
         "ApiPlatform",
         "ClusterKopfPeering",
         "KopfPeering",
+        "ApiProduct",
     }
 
 

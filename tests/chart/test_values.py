@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.chart.conftest import (
     CHART,
+    ENVOY_GATEWAY_API,
     MONITORING_API,
     NAMESPACE,
     RELEASE,
@@ -66,6 +68,26 @@ def test_a_settings_change_rolls_every_pod_and_an_unrelated_change_rolls_none(
         ("ingress.tls[0].secretName=api-tls", "at '/ingress/tls/0': missing property 'hosts'"),
         ("metrics.serviceMonitor.interval=often", "at '/metrics/serviceMonitor/interval'"),
         ("image.digest=latest", "at '/image/digest'"),
+        (
+            "api.check.gatewayNamespace={envoy-gateway-system}",
+            "at '/api/check': additional properties 'gatewayNamespace' not allowed",
+        ),
+        (
+            "httpRoute.parentRefs[0].sectionname=http",
+            "at '/httpRoute/parentRefs/0': additional properties 'sectionname' not allowed",
+        ),
+        (
+            "httpRoute.rules[0].matches[0].path.type=Prefix",
+            "at '/httpRoute/rules/0/matches/0/path/type': value must be one of",
+        ),
+        (
+            "envoyGateway.securityPolicy.targetRefs[0].namespace=Team_A",
+            "at '/envoyGateway/securityPolicy/targetRefs/0/namespace'",
+        ),
+        (
+            "envoyGateway.securityPolicy.failClosed=true",
+            "at '/envoyGateway/securityPolicy': additional properties 'failClosed' not allowed",
+        ),
     ],
 )
 def test_the_schema_refuses_typos_and_clear_credentials_naming_the_key(
@@ -89,6 +111,15 @@ def test_the_schema_refuses_typos_and_clear_credentials_naming_the_key(
         (
             ["worker.autoscaling.minReplicas=12"],
             "worker.autoscaling.minReplicas (12) cannot exceed worker.autoscaling.maxReplicas (10)",
+        ),
+        (["api.check.port=8000"], "api.check.port (8000) is the API's own port"),
+        (
+            ["api.service.checkPort=80"],
+            "api.service.checkPort (80) must differ from api.service.port (80)",
+        ),
+        (
+            ["envoyGateway.securityPolicy.enabled=true"],
+            "envoyGateway.securityPolicy.enabled needs the HTTPRoutes to protect",
         ),
     ],
 )
@@ -209,20 +240,105 @@ def _egress_ports(spec: dict[str, Any]) -> set[int]:
     return {port["port"] for rule in spec["egress"] for port in rule.get("ports", [])}
 
 
-def test_the_api_accepts_traffic_only_from_the_ingress_controller(chart: Chart) -> None:
-    prod = chart.values_set("prod")
-    api = _policy(prod, "api")
+ENVOY_PROXIES = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}},
+}
+
+
+def _ingress_ports(rule: dict[str, Any]) -> set[int]:
+    return {port["port"] for port in rule["ports"]}
+
+
+def test_the_api_accepts_requests_only_from_the_gateways_proxies(chart: Chart) -> None:
+    api = _policy(chart.values_set("prod"), "api")
     assert api["policyTypes"] == ["Ingress", "Egress"]
-    controller, metrics = api["ingress"]
-    assert controller["from"] == [
+    requests, check, metrics = api["ingress"]
+    assert requests["from"] == [ENVOY_PROXIES]
+    assert requests["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert check["from"] == [ENVOY_PROXIES]
+    assert check["ports"] == [{"port": 8081, "protocol": "TCP"}]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert metrics["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+def test_the_ingress_controller_is_the_default_peer_of_the_http_port(chart: Chart) -> None:
+    api = _policy(chart.render("--set", "networkPolicy.enabled=true"), "api")
+    (requests,) = api["ingress"]
+    assert requests["from"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
         }
     ]
-    assert controller["ports"] == [{"port": 8000, "protocol": "TCP"}]
-    assert metrics["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def _namespace_peer(name: str, pods: dict[str, Any] | None = None) -> dict[str, Any]:
+    peer: dict[str, Any] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}
+    }
+    if pods:
+        peer["podSelector"] = pods
+    return peer
+
+
+@pytest.mark.parametrize(
+    ("values", "check_port", "peers"),
+    [
+        ([], 8081, []),
+        (
+            ["api.check.gatewayNamespaces={envoy-gateway-system}"],
+            8081,
+            [_namespace_peer("envoy-gateway-system")],
+        ),
+        (
+            [
+                "api.check.gatewayNamespaces={edge,envoy-gateway-system}",
+                "api.check.gatewayPodSelector.matchLabels.app=envoy",
+                "api.check.port=9001",
+            ],
+            9001,
+            [
+                _namespace_peer("edge", {"matchLabels": {"app": "envoy"}}),
+                _namespace_peer("envoy-gateway-system", {"matchLabels": {"app": "envoy"}}),
+            ],
+        ),
+    ],
+)
+def test_the_check_port_admits_only_the_gateway_namespaces(
+    chart: Chart, values: list[str], check_port: int, peers: list[dict[str, Any]]
+) -> None:
+    args = [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",
+    ]
+    rendered = chart.render(*args, *(arg for value in values for arg in ("--set", value)))
+    rules = _policy(rendered, "api")["ingress"]
+    # A rule without `ports` would admit every port, the check's included.
+    assert all(rule.get("ports") for rule in rules)
+    admitting = [rule for rule in rules if check_port in _ingress_ports(rule)]
+    assert [peer for rule in admitting for peer in rule["from"]] == peers
+    for rule in admitting:
+        assert _ingress_ports(rule) == {check_port}, "the HTTP port's peers reach the check"
+
+
+def test_the_check_listens_on_a_named_port_of_its_own_behind_the_service(chart: Chart) -> None:
+    rendered = chart.render("--set", "api.check.port=9001", "--set", "api.service.checkPort=9443")
+    (container,) = pod_spec(rendered.component("api"))["containers"]
+    assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
+        "http": 8000,
+        "check": 9001,
+    }
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert env["TENANTRY_API__CHECK_PORT"] == "9001"
+    service = rendered.get("Service", f"{RELEASE}-api")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", 80, "http"),
+        ("check", 9443, "check"),
     ]
 
 
@@ -278,6 +394,156 @@ def test_prod_has_disruption_budgets_and_dev_has_none(chart: Chart) -> None:
     assert chart.values_set("dev").of_kind("PodDisruptionBudget") == []
 
 
+def _public_backends(rendered: Rendered) -> list[tuple[str, str, int | str]]:
+    """(kind, Service, port) of every backend the Ingresses and HTTPRoutes route to."""
+    backends: list[tuple[str, str, int | str]] = []
+    for ingress in rendered.of_kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                service = path["backend"]["service"]
+                port = service["port"].get("name", service["port"].get("number"))
+                backends.append(("Ingress", service["name"], port))
+    for route in rendered.of_kind("HTTPRoute"):
+        for route_rule in route["spec"]["rules"]:
+            for ref in route_rule["backendRefs"]:
+                backends.append(("HTTPRoute", ref["name"], ref["port"]))
+    return backends
+
+
+@pytest.mark.parametrize(
+    ("values_set", "kinds"),
+    [
+        ("minimal", set()),
+        ("dev", {"HTTPRoute"}),
+        ("staging", {"HTTPRoute"}),
+        ("prod", {"HTTPRoute"}),
+        ("all-features", {"Ingress", "HTTPRoute"}),
+    ],
+)
+def test_public_routes_lead_to_the_api_http_port_never_to_the_check(
+    chart: Chart, values_set: str, kinds: set[str]
+) -> None:
+    rendered = chart.values_set(values_set)
+    service = rendered.get("Service", f"{RELEASE}-api")
+    ports = {port["name"]: port["port"] for port in service["spec"]["ports"]}
+    backends = _public_backends(rendered)
+    assert {kind for kind, _, _ in backends} == kinds
+    for kind, name, port in backends:
+        assert name == service["metadata"]["name"], kind
+        assert port in ("http", ports["http"]), f"{kind} routes to port {port}"
+        assert port not in ("check", ports["check"]), f"{kind} exposes the gateway check"
+
+
+def test_the_http_route_takes_its_parents_hostnames_and_rules_from_values(chart: Chart) -> None:
+    (route,) = chart.values_set("all-features").of_kind("HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["metadata"]["annotations"] == {"gateway.example/team": "platform"}
+    spec = route["spec"]
+    assert spec["parentRefs"] == [
+        {"name": "public", "namespace": "envoy-gateway-system", "sectionName": "https"},
+        {"name": "internal", "namespace": "envoy-gateway-system", "port": 80},
+    ]
+    assert spec["hostnames"] == ["api.tenantry.example", "api.eu.tenantry.example"]
+    first, second = spec["rules"]
+    assert [match["path"]["value"] for match in first["matches"]] == ["/v1", "/v1"]
+    assert first["matches"][0]["method"] == "GET"
+    assert first["filters"][0]["type"] == "ResponseHeaderModifier"
+    assert second["matches"] == [{"path": {"type": "Exact", "value": "/openapi.json"}}]
+    assert "filters" not in second
+    for rule in spec["rules"]:
+        assert rule["backendRefs"] == [{"name": f"{RELEASE}-api", "port": 80, "weight": 1}]
+
+
+def test_no_http_route_unless_enabled(chart: Chart) -> None:
+    assert chart.values_set("minimal").of_kind("HTTPRoute") == []
+
+
+SECURITY_POLICY = [
+    "--set",
+    "envoyGateway.securityPolicy.enabled=true",
+    "--set",
+    "envoyGateway.securityPolicy.targetRefs[0].name=flights",
+]
+
+
+@pytest.mark.parametrize(
+    ("enabled", "cluster_serves_it", "policies"),
+    [(False, False, 0), (False, True, 0), (True, False, 0), (True, True, 1)],
+)
+def test_the_security_policy_needs_its_value_and_the_envoy_gateway_api(
+    chart: Chart, enabled: bool, cluster_serves_it: bool, policies: int
+) -> None:
+    args = [
+        *(SECURITY_POLICY if enabled else []),
+        *(["--api-versions", ENVOY_GATEWAY_API] if cluster_serves_it else []),
+    ]
+    rendered = chart.render(*args)
+    assert len(rendered.of_kind("SecurityPolicy")) == policies
+    assert rendered.of_kind("ReferenceGrant") == []
+
+
+def _policies_by_namespace(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["namespace"]: p for p in rendered.of_kind("SecurityPolicy")}
+
+
+def test_one_security_policy_per_namespace_targets_the_configured_routes(chart: Chart) -> None:
+    policies = _policies_by_namespace(chart.values_set("all-features"))
+    targets = {
+        namespace: [ref["name"] for ref in policy["spec"]["targetRefs"]]
+        for namespace, policy in policies.items()
+    }
+    assert targets == {NAMESPACE: ["flights"], "team-a": ["hotels"], "team-b": ["cars", "trains"]}
+    for policy in policies.values():
+        assert policy["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"
+        assert policy["metadata"]["name"] == f"{RELEASE}-gateway-check"
+        for ref in policy["spec"]["targetRefs"]:
+            assert (ref["group"], ref["kind"]) == ("gateway.networking.k8s.io", "HTTPRoute")
+
+
+def test_the_security_policy_asks_the_check_port_under_authz(chart: Chart) -> None:
+    rendered = chart.values_set("all-features")
+    service = rendered.get("Service", f"{RELEASE}-api")
+    check_port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["check"]
+    for policy in rendered.of_kind("SecurityPolicy"):
+        ext_auth = policy["spec"]["extAuth"]
+        assert ext_auth["http"]["backendRefs"] == [
+            {"name": f"{RELEASE}-api", "namespace": NAMESPACE, "port": check_port}
+        ]
+        assert ext_auth["http"]["path"] == "/authz"
+        assert ext_auth["http"]["headersToBackend"] == [
+            "X-Tenantry-Tenant",
+            "X-Tenantry-Tier",
+            "X-Tenantry-Key",
+            "X-Tenantry-Scopes",
+            "X-Request-ID",
+            "RateLimit",
+            "RateLimit-Policy",
+        ]
+        assert {"Authorization", "X-API-Key", "X-Forwarded-For"} <= set(
+            ext_auth["headersToExtAuth"]
+        )
+        assert ext_auth["failOpen"] is True
+
+
+def test_the_security_policy_fails_closed_by_default(chart: Chart) -> None:
+    (policy,) = chart.render(*SECURITY_POLICY, "--api-versions", ENVOY_GATEWAY_API).of_kind(
+        "SecurityPolicy"
+    )
+    assert policy["spec"]["extAuth"]["failOpen"] is False
+    assert policy["metadata"]["namespace"] == NAMESPACE
+
+
+def test_a_reference_grant_admits_only_the_other_namespaces_policies(chart: Chart) -> None:
+    (grant,) = chart.values_set("all-features").of_kind("ReferenceGrant")
+    assert grant["apiVersion"] == "gateway.networking.k8s.io/v1beta1"
+    assert grant["metadata"]["namespace"] == NAMESPACE
+    assert grant["spec"]["from"] == [
+        {"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": namespace}
+        for namespace in ("team-a", "team-b")
+    ]
+    assert grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": f"{RELEASE}-api"}]
+
+
 def test_ingress_takes_its_class_hosts_paths_and_tls_from_values(chart: Chart) -> None:
     (ingress,) = chart.values_set("all-features").of_kind("Ingress")
     assert ingress["apiVersion"] == "networking.k8s.io/v1"
@@ -300,23 +566,44 @@ def test_ingress_takes_its_class_hosts_paths_and_tls_from_values(chart: Chart) -
     assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
 
 
-INTERNAL_PATHS = ("/livez", "/readyz", "/startupz", "/metrics")
+INTERNAL_PATHS = ("/livez", "/readyz", "/startupz", "/metrics", "/authz/v1/limits")
+
+
+def _prefix_routes_to(prefix: str, request_path: str) -> bool:
+    """Prefix matching by whole path elements, as both Ingress and Gateway API define it."""
+    trimmed = prefix.rstrip("/")
+    return request_path == prefix or request_path.startswith(trimmed + "/")
 
 
 def _routes_to(path: dict[str, str], request_path: str) -> bool:
     """Whether an Ingress path sends `request_path` to the API (networking.k8s.io/v1 rules)."""
     if path["pathType"] == "Exact":
         return request_path == path["path"]
-    prefix = path["path"].rstrip("/")
-    return request_path == path["path"] or request_path.startswith(prefix + "/")
+    return _prefix_routes_to(path["path"], request_path)
 
 
-def test_the_ingress_keeps_probes_and_metrics_inside_the_cluster(rendered: Rendered) -> None:
+def _http_route_routes_to(match: dict[str, Any], request_path: str) -> bool:
+    """Whether an HTTPRoute match can send `request_path` to the API (absent path: prefix /)."""
+    path = match.get("path", {"type": "PathPrefix", "value": "/"})
+    value = str(path["value"])
+    if path["type"] == "Exact":
+        return request_path == value
+    if path["type"] == "RegularExpression":
+        return re.fullmatch(value, request_path) is not None
+    return _prefix_routes_to(value, request_path)
+
+
+def test_public_routes_keep_probes_metrics_and_the_check_inside(rendered: Rendered) -> None:
     for ingress in rendered.of_kind("Ingress"):
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 exposed = [p for p in INTERNAL_PATHS if _routes_to(path, p)]
                 assert exposed == [], f"{rule['host']}{path['path']} exposes {exposed}"
+    for route in rendered.of_kind("HTTPRoute"):
+        for route_rule in route["spec"]["rules"]:
+            for match in route_rule.get("matches", [{}]):
+                exposed = [p for p in INTERNAL_PATHS if _http_route_routes_to(match, p)]
+                assert exposed == [], f"HTTPRoute match {match} exposes {exposed}"
 
 
 def test_no_ingress_unless_enabled(chart: Chart) -> None:
@@ -355,7 +642,9 @@ def test_install_notes_name_the_secrets_to_create_and_where_the_api_answers(helm
     prod = _install_notes(helm, "-f", str(CHART / "values-prod.yaml"))
     assert "tenantry-database [url]" in prod
     assert "tenantry-redis [url]" in prod
+    assert "Gateway envoy-gateway-system/public (listener https)" in prod
     assert "https://api.tenantry.example/v1/" in prod
+    assert f"http://{RELEASE}-api.{NAMESPACE}.svc:8081/authz/" in prod
     assert "kubectl apply --server-side -f charts/tenantry/crds/" in prod
     dev = _install_notes(helm, "-f", str(CHART / "values-dev.yaml"))
     assert "[url]" not in dev

@@ -58,6 +58,25 @@ def _apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+# Property names Kubernetes escapes as `__name__` in CEL, because they are CEL keywords.
+CEL_RESERVED = frozenset(
+    """true false null in as break const continue else for function if import let loop
+    package namespace return var void while""".split()  # noqa: SIM905 (a table to read)
+)
+
+
+def _escaped(value: Any) -> Any:
+    """The value as CEL rules see it: reserved property names become `__name__`."""
+    if isinstance(value, dict):
+        return {
+            (f"__{key}__" if key in CEL_RESERVED else key): _escaped(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
+
+
 _CEL = celpy.Environment()
 
 
@@ -68,11 +87,12 @@ def _program(rule: str) -> Any:
 
 def _rule_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     errors = []
-    if isinstance(value, dict):
+    if isinstance(value, dict | list):
         for rule in schema.get("x-kubernetes-validations", []):
-            if not bool(_program(rule["rule"]).evaluate({"self": json_to_cel(value)})):
+            if not bool(_program(rule["rule"]).evaluate({"self": json_to_cel(_escaped(value))})):
                 field = rule.get("fieldPath", "")
                 errors.append(f"{path}{field}: {rule['message']}")
+    if isinstance(value, dict):
         for name, prop in schema.get("properties", {}).items():
             if name in value:
                 errors.extend(_rule_errors(prop, value[name], f"{path}.{name}"))
@@ -96,6 +116,12 @@ def crd_errors(manifest: dict[str, Any]) -> list[str]:
     schema = crd_schemas().get(manifest.get("kind", ""))
     if schema is None:
         return [f"kind: no CRD for {manifest.get('kind')!r}"]
+    return schema_errors(schema, manifest)
+
+
+def schema_errors(schema: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """What the API server, with a CRD of this `openAPIV3Schema` installed, would refuse in
+    `manifest`."""
     # Every object may carry these, whether or not its CRD's schema names them.
     envelope = {
         "apiVersion": {"type": "string"},

@@ -207,6 +207,16 @@ checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .r
 {{- if and (not (kindIs "invalid" $api.terminationGracePeriodSeconds)) (le (int $api.terminationGracePeriodSeconds) (add $api.preStopSleepSeconds $api.gracefulShutdownSeconds | int)) -}}
 {{- fail (printf "api.terminationGracePeriodSeconds (%v) must exceed api.preStopSleepSeconds + api.gracefulShutdownSeconds (%v), or the kubelet kills requests still draining" $api.terminationGracePeriodSeconds (add $api.preStopSleepSeconds $api.gracefulShutdownSeconds)) -}}
 {{- end -}}
+{{- if eq (int $api.check.port) 8000 -}}
+{{- fail "api.check.port (8000) is the API's own port; the gateway check needs a port of its own, which no public route reaches" -}}
+{{- end -}}
+{{- $policy := .Values.envoyGateway.securityPolicy -}}
+{{- if and $policy.enabled (not $policy.targetRefs) -}}
+{{- fail "envoyGateway.securityPolicy.enabled needs the HTTPRoutes to protect in envoyGateway.securityPolicy.targetRefs" -}}
+{{- end -}}
+{{- if eq (int $api.service.checkPort) (int $api.service.port) -}}
+{{- fail (printf "api.service.checkPort (%v) must differ from api.service.port (%v)" $api.service.checkPort $api.service.port) -}}
+{{- end -}}
 {{- $worker := .Values.worker -}}
 {{- if and (not (kindIs "invalid" $worker.terminationGracePeriodSeconds)) (le (int $worker.terminationGracePeriodSeconds) (int $worker.softShutdownSeconds)) -}}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed worker.softShutdownSeconds (%v), or the kubelet kills tasks before the warm shutdown ends" $worker.terminationGracePeriodSeconds $worker.softShutdownSeconds) -}}
