@@ -52,6 +52,13 @@ spec:
   displayName: Benchmark
   policyRef: {name: bench}
   keys: [{name: main}]
+---
+apiVersion: tenantry.io/v1alpha1
+kind: ApiProduct
+metadata: {name: bench, namespace: tenantry-system}
+spec:
+  routes:
+    - {method: GET, path: /v1/ping, scopes: ["bench:read"]}
 """
 
 NO_ACCESS_LOG: dict[str, str | None] = {"TENANTRY_API__ACCESS_LOG": "false"}
@@ -62,6 +69,8 @@ class Variant:
     name: str
     factory: str  # in bench.api_apps
     env: dict[str, str | None] = field(default_factory=dict)  # None removes a variable
+    path: str = PING_PATH  # what wrk asks for
+    port_env: str | None = None  # a variable set to the port the app is served on
 
 
 VARIANTS = (
@@ -82,8 +91,20 @@ VARIANTS = (
     Variant("Tenantry, plug-in route", "tenantry_plugin_app"),
     # The limiter's script calls on redis-py's asyncio client instead of the pipelined one.
     Variant("Tenantry, limiter on redis-py", "tenantry_redis_py_app"),
+    # The gateway check: a decision for the route the bench product lists, with no body.
+    Variant(
+        "Tenantry gateway check",
+        "tenantry_check_app",
+        path="/authz" + PING_PATH,
+        port_env="TENANTRY_API__CHECK_PORT",
+    ),
 )
-GOAL_VARIANTS = ("Tenantry", "Tenantry, no access log", "Tenantry, plug-in route")
+GOAL_VARIANTS = (
+    "Tenantry",
+    "Tenantry, no access log",
+    "Tenantry, plug-in route",
+    "Tenantry gateway check",
+)
 
 
 @dataclass
@@ -145,6 +166,8 @@ def run_variant(
             variant_env.pop(name, None)
         else:
             variant_env[name] = value
+    if variant.port_env is not None:
+        variant_env[variant.port_env] = str(port)
     server = subprocess.Popen(
         [
             sys.executable, "-m", "uvicorn", f"bench.api_apps:{variant.factory}", "--factory",
@@ -158,7 +181,7 @@ def run_variant(
     )  # fmt: skip
     try:
         wait_for_port(port)
-        url = f"http://127.0.0.1:{port}{PING_PATH}"
+        url = f"http://127.0.0.1:{port}{variant.path}"
         _wrk(url, key, 2, connections)  # warm up
         cpu_before = _cpu_seconds(server.pid)
         output = _wrk(url, key, seconds, connections)

@@ -24,6 +24,7 @@ from tenantry.api.app import app_from_environment, create_app
 from tenantry.api.limiter.script import SCRIPT, SCRIPT_SHA, ScriptCall
 from tenantry.api.plugins import Plugin
 from tenantry.api.redis_pipeline import RedisReplyError, RedisUnavailableError
+from tenantry.api.server import Listeners
 from tenantry.logs import configure_logging
 from tenantry.redis_client import create_redis
 from tenantry.settings import get_settings
@@ -108,6 +109,13 @@ def tenantry_app() -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+def tenantry_check_app() -> Listeners:
+    """The gateway check alone, as `tenantry api` serves it on the check's port: the port
+    this app is served on must be `TENANTRY_API__CHECK_PORT` (the benchmark sets both). The
+    request names the original one Envoy's way, `/authz` + its path."""
+    return Listeners(app_from_environment())
 
 
 def tenantry_caller_app() -> FastAPI:

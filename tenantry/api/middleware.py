@@ -67,9 +67,12 @@ VARY_ORIGIN = (b"vary", b"Origin")
 
 
 class ApiMiddleware:
-    def __init__(self, app: ASGIApp, runtime: ApiRuntime) -> None:
+    def __init__(self, app: ASGIApp, runtime: ApiRuntime, *, preflights: bool = True) -> None:
+        """`preflights`: answer CORS preflights here (the gateway check leaves them to the
+        gateway, which answers them for the upstream it fronts)."""
         self.app = app
         self.runtime = runtime
+        self.preflights = preflights
         self.max_body = runtime.settings.api.max_body_bytes
         self.log_requests = runtime.settings.api.access_log
         self.access_log = runtime.access_log
@@ -103,7 +106,7 @@ class ApiMiddleware:
             elif name == b"origin":
                 origin = value
             elif name == b"access-control-request-method":
-                preflight = True
+                preflight = self.preflights
         if request_id is None:
             # Unique, not secret: the cheap generator, not a system call per request.
             request_id = trace_id or f"{getrandbits(128):032x}"

@@ -254,6 +254,15 @@ async def test_a_check_request_naming_two_requests_is_refused(
     assert answer.json()["type"].endswith("/check-request-invalid")
 
 
+async def test_a_cors_preflight_is_decided_like_any_request_and_left_to_the_gateway(
+    check: Check,
+) -> None:
+    preflight = {"Origin": "https://app.alpha.example", "Access-Control-Request-Method": "GET"}
+    answer = await check.client.options("/authz/flights/BA117", headers=preflight)
+    assert answer.status_code == 401  # no key: the check does not answer CORS for the upstream
+    assert "access-control-allow-methods" not in answer.headers
+
+
 async def test_each_listener_serves_only_its_own_routes(check: Check) -> None:
     on_check = await check.client.get("/v1/limits", headers=auth(check.api.key("flyer")))
     assert on_check.status_code == 404
