@@ -10,10 +10,8 @@ the ratios the goals are stated in: Tenantry vs bare FastAPI, and vs the faster 
 measured between each two variants, and every ratio is against the bare runs just before and
 after the variant: the machine's speed drifts over a round.
 
-On a machine with two or more cores the server runs on one core and wrk on another, so the
-variants do not compete with their load generator for a core; Redis is left to the
-scheduler (on two cores, pinning it beside wrk starved it, and every variant that calls
-Redis paid for the wait with smaller pipelined batches).
+The servers run on one core and wrk on another (`bench.load`). After the variants, the
+check is measured behind a real Caddy (`bench.gateway`).
 
     python -m bench.api [--duration 10] [--connections 64] [--rounds 1]
     python -m bench.api --pairs 8 --duration 3     # the CPU ratio, from alternating runs
@@ -22,18 +20,16 @@ Redis paid for the wait with smaller pipelined batches).
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import gateway
 from bench.api_apps import PING_PATH
+from bench.load import PINNED, Result, measure, serve_app
 from tenantry.sources.files import FileRegistrySource
-from tests.harness.servers import RedisProcess, free_port, wait_for_port
+from tests.harness.servers import RedisProcess, free_port
 
 TENANT_MANIFESTS = """
 apiVersion: tenantry.io/v1alpha1
@@ -107,103 +103,18 @@ GOAL_VARIANTS = (
 )
 
 
-@dataclass
-class Result:
-    name: str
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_us_per_request: float
-
-
-def _latency_ms(text: str, percentile: str) -> float:
-    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"wrk printed no {percentile}% latency:\n{text}")
-    value, unit = float(match[1]), match[2]
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
-PINNED = (os.cpu_count() or 1) >= 2
-SERVER_CPUS = {1}  # the server under test
-LOAD_CPUS = {0}  # wrk
-
-
-def _on_server_cpus() -> None:
-    if PINNED:
-        os.sched_setaffinity(0, SERVER_CPUS)
-
-
-def _on_load_cpus() -> None:
-    if PINNED:
-        os.sched_setaffinity(0, LOAD_CPUS)
-
-
-def _wrk(url: str, key: str, seconds: int, connections: int) -> str:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-        "-H", f"X-API-Key: {key}", url,
-    ]  # fmt: skip
-    return subprocess.run(
-        command, capture_output=True, text=True, check=True, preexec_fn=_on_load_cpus
-    ).stdout
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_variant(
     variant: Variant, env: dict[str, str], key: str, seconds: int, connections: int
 ) -> Result:
     port = free_port()
-    variant_env = {**os.environ, **env}
-    for name, value in variant.env.items():
-        if value is None:
-            variant_env.pop(name, None)
-        else:
-            variant_env[name] = value
+    variant_env = dict(env)
+    removed = [name for name, value in variant.env.items() if value is None]
+    variant_env |= {name: value for name, value in variant.env.items() if value is not None}
     if variant.port_env is not None:
         variant_env[variant.port_env] = str(port)
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", f"bench.api_apps:{variant.factory}", "--factory",
-            "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning",
-        ],
-        env=variant_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_on_server_cpus,
-    )  # fmt: skip
-    try:
-        wait_for_port(port)
+    with serve_app(variant.factory, variant_env, port, without=removed) as server:
         url = f"http://127.0.0.1:{port}{variant.path}"
-        _wrk(url, key, 2, connections)  # warm up
-        cpu_before = _cpu_seconds(server.pid)
-        output = _wrk(url, key, seconds, connections)
-        cpu = _cpu_seconds(server.pid) - cpu_before
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rate is None:
-        raise RuntimeError(f"wrk printed no rate:\n{output}")
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    served = re.search(r"(\d+) requests in", output)
-    if served is None:
-        raise RuntimeError(f"wrk printed no request count:\n{output}")
-    return Result(
-        variant.name,
-        float(rate[1]),
-        _latency_ms(output, "50"),
-        _latency_ms(output, "99"),
-        int(errors[1]) if errors else 0,
-        cpu * 1_000_000 / int(served[1]),
-    )
+        return measure(variant.name, url, key, seconds, connections, [server.pid])
 
 
 def main() -> None:
@@ -244,11 +155,16 @@ def main() -> None:
             for number in range(1, args.rounds + 1):
                 print(f"round {number} of {args.rounds}", flush=True)
                 rounds.append(_round(env, key, args.duration, args.connections))
+            print("through Caddy", flush=True)
+            caddy = gateway.through_caddy(
+                env, key, args.duration, args.connections, max(args.rounds, 3)
+            )
         finally:
             redis.remove()
     for number, measured in enumerate(rounds, 1):
         print(f"\n## round {number} of {len(rounds)}")
         report(measured, args.duration, args.connections)
+    gateway.report(caddy, args.duration, args.connections)
 
 
 @dataclass

@@ -9,15 +9,18 @@ reaches. The original request is read from what each gateway sends:
 - nginx `auth_request`: `X-Original-Method`, `X-Original-URI`.
 
 The path is matched against the route table the products declare (`ApiProduct`), compiled
-on every registry swap; a path or method no product lists is admitted on the tenant's own
-limit under one route name, `<unlisted>`, so raw paths never become labels or usage rows.
+on every registry swap. A listed path takes only its listed methods (a GET route takes HEAD
+too); any other method is refused with 405 and `Allow`, so a method the product did not
+declare cannot slip past the scopes of one it did. A path no product lists is admitted on the
+tenant's own limit under one route name, `<unlisted>`, so raw paths never become labels or
+usage rows.
 Admission is the same as for every other route (`Admission.admit`: key, scopes, one Redis
 call for rate, route override, quota and usage). Then:
 - allow: 200 with no body, and for the upstream `X-Tenantry-Tenant`, `-Tier`, `-Key` (the
   key's name), `-Scopes` (`*` for a key holding every scope), all empty on a public route,
   plus the request id and the rate-limit headers the API middleware adds to every response;
-- deny: the problem document (401, 403, 429 or 503) with `Retry-After` and the rate-limit
-  headers, as Tenantry's own routes answer. nginx's `auth_request` discards that body and
+- deny: the problem document (401, 403, 405, 429 or 503) with `Retry-After` and the
+  rate-limit headers, as Tenantry's own routes answer. nginx's `auth_request` discards that body and
   turns any status but 401 and 403 into 500, so when the request came from nginx the problem
   also travels in `X-Tenantry-Problem`, from which the shipped nginx configuration answers the
   client (`examples/gateways/`).
@@ -36,6 +39,7 @@ from tenantry.api.context import RequestContext
 from tenantry.api.metrics import KNOWN_METHODS
 from tenantry.api.problems import (
     CHECK_REQUEST_INVALID,
+    METHOD_NOT_ALLOWED,
     NOT_FOUND,
     ProblemError,
     problem_body,
@@ -132,7 +136,20 @@ class GatewayCheck:
             )(scope, receive, send)
             return
         found = self._table.match(method, original)
-        entry = found.entry or self._unlisted.get(method) or self._unlisted[OTHER_METHOD]
+        if found.entry is None and method == "HEAD":  # a GET route answers HEAD too
+            found = self._table.match("GET", original)
+        entry = found.entry
+        if entry is None:
+            if found.allowed:  # a listed path: only its listed methods get through
+                allow = ", ".join(found.allowed)
+                await problem_response(
+                    METHOD_NOT_ALLOWED,
+                    f"{original} answers {allow}, not {method}",
+                    request_id=context.request_id,
+                    headers={"Allow": allow},
+                )(scope, receive, send)
+                return
+            entry = self._unlisted.get(method) or self._unlisted[OTHER_METHOD]
         context.route = entry
         scope["method"] = entry.method  # what the metrics and the access log record
         if not entry.public:

@@ -197,6 +197,18 @@ async def test_a_path_no_product_lists_is_admitted_on_the_tenants_limit_under_on
     assert routes["GET <unlisted>"] == 3
 
 
+async def test_a_listed_path_takes_only_its_listed_methods(check: Check) -> None:
+    reader = check.api.key("flyer", "reader")  # flights:read, not bookings:write
+    sneaked = await check.ask("PUT", "/flights/BA117/bookings", reader)
+    assert sneaked.status_code == 405
+    assert sneaked.headers["allow"] == "POST"
+    assert sneaked.json()["type"].endswith("/method-not-allowed")
+    head = await check.ask("HEAD", "/flights/BA117", reader)  # a GET route answers HEAD
+    assert head.status_code == 200
+    unscoped = await check.ask("HEAD", "/flights/BA117", check.api.key("flyer", "usage"))
+    assert unscoped.status_code == 403
+
+
 async def test_admitted_requests_are_metered_by_the_products_route_template(check: Check) -> None:
     key = check.api.key("flyer")
     for flight in ("BA117", "LH400", "AF22"):
@@ -259,8 +271,11 @@ async def test_a_cors_preflight_is_decided_like_any_request_and_left_to_the_gate
 ) -> None:
     preflight = {"Origin": "https://app.alpha.example", "Access-Control-Request-Method": "GET"}
     answer = await check.client.options("/authz/flights/BA117", headers=preflight)
-    assert answer.status_code == 401  # no key: the check does not answer CORS for the upstream
+    assert answer.status_code == 405  # OPTIONS is not a route of the product
     assert "access-control-allow-methods" not in answer.headers
+    unlisted = await check.client.options("/authz/airports/LHR", headers=preflight)
+    assert unlisted.status_code == 401  # any other request needs a key
+    assert "access-control-allow-methods" not in unlisted.headers
 
 
 async def test_each_listener_serves_only_its_own_routes(check: Check) -> None:
