@@ -8,7 +8,7 @@ VENV ?= .venv
 TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help run test lint typecheck pytest crds servers helm bench-api bench-operator bench-jobs clean
+.PHONY: help run test lint typecheck pytest crds servers gateways helm bench-api bench-operator bench-jobs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ run: $(VENV)/.installed ## run the platform locally on its embedded defaults (no
 servers: ## PostgreSQL and Redis binaries for the test harness (installed when missing)
 	scripts/ensure-servers.sh
 
+gateways: ## Caddy and nginx (auth_request) binaries for the gateway tests (installed when missing)
+	scripts/ensure-gateways.sh
+
 helm: ## the helm binary (the one on PATH, or a pinned, checksummed copy in .tools/bin)
 	scripts/install-helm.sh $(TOOLS)
 
@@ -47,7 +50,7 @@ lint: $(VENV)/.installed ## ruff
 typecheck: $(VENV)/.installed ## mypy, strict
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed $(TEST_PLUGINS)/.installed servers helm ## the test suite against real servers
+pytest: $(VENV)/.installed $(TEST_PLUGINS)/.installed servers gateways helm ## the test suite against real servers
 	PYTHONPATH=$(TEST_PLUGINS) $(VENV)/bin/pytest
 
 test: lint typecheck pytest ## everything CI runs: lint, types, tests
@@ -60,7 +63,7 @@ chart-crds: crds ## copy the generated CRDs into the Helm chart (charts/tenantry
 	rm -f charts/tenantry/crds/*.yaml
 	cp crds/*.yaml charts/tenantry/crds/
 
-bench-api: $(VENV)/.installed servers ## API request path against bare FastAPI, slowapi and fastapi-limiter
+bench-api: $(VENV)/.installed servers gateways ## API request path against bare FastAPI, slowapi and fastapi-limiter; the gateway check, direct and behind Caddy
 	scripts/ensure-wrk.sh
 	$(VENV)/bin/python -m bench.api --rounds 3
 

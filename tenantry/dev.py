@@ -194,25 +194,19 @@ def _print_welcome(
     typer.echo(f"  curl -s {header} {url}/v1/jobs/<id>/result")
 
 
-CADDY_SNIPPET = """\
-  :8090 {{
-      request_header -X-Tenantry-*
-      forward_auth {check} {{
-          uri /authz/
-          copy_headers {{
-              X-Tenantry-Tenant
-              X-Tenantry-Tier
-              X-Tenantry-Key
-              X-Tenantry-Scopes
-              X-Request-ID
-          }}
-      }}
-      reverse_proxy 127.0.0.1:9000
-  }}"""
+CADDYFILE = Path("examples/gateways/Caddyfile")  # the tested configuration, in the repository
+
+
+def _caddyfile() -> Path:
+    """The shipped Caddyfile: under the working folder, or beside the package (a checkout)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / CADDYFILE).exists():
+            return root / CADDYFILE
+    return CADDYFILE
 
 
 def _print_gateway_check(settings: Settings, registry: Registry) -> None:
-    """Where the gateway check listens, the products' routes it admits, and a Caddyfile
+    """Where the gateway check listens, the products' routes it admits, and the Caddy command
     that puts a local service behind it."""
     check_port = settings.api.check_port
     if check_port is None:
@@ -227,9 +221,15 @@ def _print_gateway_check(settings: Settings, registry: Registry) -> None:
             for route in product.routes
         )
         typer.echo(f"  product {name}: {routes}")
-    typer.echo("  Put a service on 127.0.0.1:9000 behind it with Caddy (caddy run --config F):")
-    typer.echo(CADDY_SNIPPET.format(check=check))
-    typer.echo("  (examples/gateways/ has the tested Caddy and nginx configurations)")
+    typer.echo("  Put a service on 127.0.0.1:9000 behind it, on http://127.0.0.1:8090 (Caddy):")
+    typer.echo(
+        f"  TENANTRY_CHECK_ADDRESS={check} UPSTREAM_ADDRESS=127.0.0.1:9000 GATEWAY_PORT=8090 "
+        f"GATEWAY_BIND=127.0.0.1 CADDY_ADMIN=off caddy run --adapter caddyfile "
+        f"--config {_caddyfile()}"
+    )
+    typer.echo(
+        "  (nginx: examples/gateways/nginx; Envoy Gateway, Istio, Traefik: docs/gateways.md)"
+    )
 
 
 @dataclass(frozen=True)

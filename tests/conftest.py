@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.engine import URL, make_url
 
 from tenantry.db.migrate import upgrade
-from tests.harness.servers import MissingServerBinaryError, PostgresProcess, RedisProcess
+from tests.harness.servers import (
+    MissingServerBinaryError,
+    PostgresProcess,
+    RedisProcess,
+    cloned_database,
+    database_janitor,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,23 +49,11 @@ def postgres_server() -> Iterator[URL]:
         server.remove()
 
 
-def _janitor(server: URL, dbname: str, template: str | None = None) -> DatabaseJanitor:
-    return DatabaseJanitor(
-        user=server.username or "postgres",
-        password=server.password,
-        host=server.host or "127.0.0.1",
-        port=server.port or 5432,
-        dbname=dbname,
-        template_dbname=template,
-        maintenance_dbname=server.database or "postgres",
-    )
-
-
 @pytest.fixture(scope="session")
 def migrated_template(postgres_server: URL) -> Iterator[str]:
     """A database at the migrations' head, cloned for each test (fast: no DDL per test)."""
     name = f"tenantry_template_{uuid.uuid4().hex[:8]}"
-    janitor = _janitor(postgres_server, name)
+    janitor = database_janitor(postgres_server, name)
     janitor.init()
     upgrade(postgres_server.set(database=name).render_as_string(hide_password=False))
     try:
@@ -72,13 +65,8 @@ def migrated_template(postgres_server: URL) -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_server: URL, migrated_template: str) -> Iterator[str]:
     """A fresh, migrated database of the test's own, dropped afterwards."""
-    name = f"tenantry_test_{uuid.uuid4().hex[:12]}"
-    janitor = _janitor(postgres_server, name, template=migrated_template)
-    janitor.init()
-    try:
-        yield postgres_server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        janitor.drop()
+    with cloned_database(postgres_server, migrated_template, "tenantry_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,6 @@ from tenantry.api.problems import (
     NOT_FOUND,
     ProblemError,
     problem_body,
-    problem_response,
     refusal_response,
 )
 from tenantry.api.routes import RouteEntry, RouteTable
@@ -95,13 +94,6 @@ class GatewayCheck:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context: RequestContext = scope["tenantry"]
         path: str = scope["path"]
-        if path != CHECK_PREFIX and not path.startswith(CHECK_PREFIX + "/"):
-            await problem_response(
-                NOT_FOUND,
-                f"this listener answers only under {CHECK_PREFIX}/",
-                request_id=context.request_id,
-            )(scope, receive, send)
-            return
         method: str = scope["method"]
         target: str | None = None
         uris = methods = 0
@@ -114,62 +106,58 @@ class GatewayCheck:
             elif name in (FORWARDED_METHOD, ORIGINAL_METHOD):
                 method = value.decode("latin-1").upper()
                 methods += 1
-        if uris > 1 or methods > 1:
-            # A gateway sets one of each; a second came from the client, who could name any
-            # request, so nothing is admitted until the gateway drops what clients send.
-            await problem_response(
-                CHECK_REQUEST_INVALID,
-                "the original request is named more than once (X-Forwarded-Uri, "
-                "X-Original-URI, X-Forwarded-Method, X-Original-Method): the gateway must "
-                "set one of each and remove any the client sent",
-                request_id=context.request_id,
-            )(scope, receive, send)
+        try:
+            if path != CHECK_PREFIX and not path.startswith(CHECK_PREFIX + "/"):
+                raise ProblemError(NOT_FOUND, f"this listener answers only under {CHECK_PREFIX}/")
+            if uris > 1 or methods > 1:
+                # A gateway sets one of each; a second came from the client, who could name
+                # any request, so nothing is admitted until the gateway drops what clients send.
+                raise ProblemError(
+                    CHECK_REQUEST_INVALID,
+                    "the original request is named more than once (X-Forwarded-Uri, "
+                    "X-Original-URI, X-Forwarded-Method, X-Original-Method): the gateway must "
+                    "set one of each and remove any the client sent",
+                )
+            if target is None:  # Envoy: the original path follows the prefix
+                target = path[len(CHECK_PREFIX) :] or "/"
+            entry = self._route(method, target)
+            context.route = entry
+            scope["method"] = entry.method  # what the metrics and the access log record
+            if not entry.public:
+                await self._admission.admit(scope, entry, context)
+        except ProblemError as refusal:
+            response = refusal_response(refusal, context.request_id)
+            if from_nginx:  # nginx drops the body: the problem travels in a header too
+                document = problem_body(
+                    refusal.kind, refusal.detail, context.request_id, refusal.extensions
+                )
+                response.headers.append(PROBLEM_HEADER.decode(), document.decode())
+            await response(scope, receive, send)
             return
-        if target is None:  # Envoy: the original path follows the prefix
-            target = path[len(CHECK_PREFIX) :] or "/"
+        await entry.app(scope, receive, send)
+
+    def _route(self, method: str, target: str) -> RouteEntry:
+        """The entry a request for `target` is admitted under, or the `ProblemError` that
+        refuses it."""
         original = original_path(target)
         if original is None:
-            await problem_response(
+            raise ProblemError(
                 CHECK_REQUEST_INVALID,
                 f"the original request's path {target[:200]!r} is not an absolute path",
-                request_id=context.request_id,
-            )(scope, receive, send)
-            return
+            )
         found = self._table.match(method, original)
         if found.entry is None and method == "HEAD":  # a GET route answers HEAD too
             found = self._table.match("GET", original)
-        entry = found.entry
-        if entry is None:
-            if found.allowed:  # a listed path: only its listed methods get through
-                allow = ", ".join(found.allowed)
-                await problem_response(
-                    METHOD_NOT_ALLOWED,
-                    f"{original} answers {allow}, not {method}",
-                    request_id=context.request_id,
-                    headers={"Allow": allow},
-                )(scope, receive, send)
-                return
-            entry = self._unlisted.get(method) or self._unlisted[OTHER_METHOD]
-        context.route = entry
-        scope["method"] = entry.method  # what the metrics and the access log record
-        if not entry.public:
-            try:
-                await self._admission.admit(scope, entry, context)
-            except ProblemError as refusal:
-                response = refusal_response(refusal, context.request_id)
-                if from_nginx:
-                    response.headers.append(
-                        PROBLEM_HEADER.decode(),
-                        problem_body(
-                            refusal.kind,
-                            refusal.detail,
-                            context.request_id,
-                            refusal.extensions,
-                        ).decode(),
-                    )
-                await response(scope, receive, send)
-                return
-        await entry.app(scope, receive, send)
+        if found.entry is not None:
+            return found.entry
+        if found.allowed:  # a listed path: only its listed methods get through
+            allow = ", ".join(found.allowed)
+            raise ProblemError(
+                METHOD_NOT_ALLOWED,
+                f"{original} answers {allow}, not {method}",
+                headers={"Allow": allow},
+            )
+        return self._unlisted.get(method) or self._unlisted[OTHER_METHOD]
 
     async def _allow(self, scope: Scope, receive: Receive, send: Send) -> None:
         context: RequestContext = scope["tenantry"]

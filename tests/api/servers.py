@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,3 +55,14 @@ def tenantry_process(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+def wait_for_text(log: Path, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+    """The first match of `pattern` in a process's log, once it has been written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text(errors="replace"))
+        if match:
+            return match
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in:\n{log.read_text(errors='replace')}")

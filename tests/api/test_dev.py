@@ -5,28 +5,16 @@ answer 200, then 429 once the route's own burst is spent."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api.servers import tenantry_process, wait_until_serving
+from tests.api.servers import tenantry_process, wait_for_text, wait_until_serving
 from tests.harness.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_for_text(log: Path, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, log.read_text(errors="replace"))
-        if match:
-            return match
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern!r} never appeared in:\n{log.read_text(errors='replace')}")
 
 
 @pytest.mark.timeout(60)
@@ -42,7 +30,7 @@ def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
         wait_until_serving(url + "/livez", process)
         text = log.read_text()
         assert f"the API on {url}" in text
-        key = _wait_for_text(log, r"Demo key of team-b/initech \(burst 10\):\n  (tnt_\w+)")[1]
+        key = wait_for_text(log, r"Demo key of team-b/initech \(burst 10\):\n  (tnt_\w+)")[1]
         assert f'curl -i -H "Authorization: Bearer {key}" {url}/v1/limits' in text
         headers = {"Authorization": f"Bearer {key}"}
         first = httpx.get(url + "/v1/limits", headers=headers)
@@ -65,8 +53,8 @@ def test_dev_serves_the_examples_with_a_demo_key_that_hits_429_after_the_burst(
         assert again.status_code == 200
         # The printed lines against the plug-in, run as a newcomer pastes them.
         assert "Plug-in gps: POST /v1/gps/score" in log.read_text()
-        call = _wait_for_text(log, r"Call the plug-in's POST /v1/gps/score .*:\n  (curl .*)\n")[1]
-        loop = _wait_for_text(log, r"Spend its burst; request 4 answers 429 .*:\n  (for i .*)\n")[1]
+        call = wait_for_text(log, r"Call the plug-in's POST /v1/gps/score .*:\n  (curl .*)\n")[1]
+        loop = wait_for_text(log, r"Spend its burst; request 4 answers 429 .*:\n  (for i .*)\n")[1]
         answered = subprocess.run(["bash", "-c", call], capture_output=True, text=True, check=True)
         assert '"grade"' in answered.stdout
         looped = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, check=True)

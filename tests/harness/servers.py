@@ -16,8 +16,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.engine import URL
 
 SERVER_START_TIMEOUT = 30.0
 
@@ -193,3 +199,27 @@ class RedisProcess:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def database_janitor(server: URL, dbname: str, template: str | None = None) -> DatabaseJanitor:
+    return DatabaseJanitor(
+        user=server.username or "postgres",
+        password=server.password,
+        host=server.host or "127.0.0.1",
+        port=server.port or 5432,
+        dbname=dbname,
+        template_dbname=template,
+        maintenance_dbname=server.database or "postgres",
+    )
+
+
+@contextmanager
+def cloned_database(server: URL, template: str, prefix: str) -> Iterator[str]:
+    """The URL of a fresh database cloned from `template`, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    janitor = database_janitor(server, name, template=template)
+    janitor.init()
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        janitor.drop()
