@@ -34,6 +34,8 @@ from tests.gateways.conftest import (
 )
 from tests.harness.gateways import (
     CADDYFILE,
+    NGINX_TEMPLATE,
+    REPO,
     Gateway,
     NginxGateway,
     RecordingUpstream,
@@ -384,3 +386,9 @@ def test_the_nginx_template_refuses_a_placeholder_without_a_value() -> None:
         render_nginx_template(
             {"GATEWAY_BIND": "127.0.0.1", "GATEWAY_PORT": "80", "TENANTRY_CHECK_ADDRESS": "x"}
         )
+
+
+@pytest.mark.parametrize("shipped", [CADDYFILE, NGINX_TEMPLATE], ids=lambda path: path.name)
+def test_docs_show_the_tested_configurations_as_they_are(shipped: Path) -> None:
+    documented = (REPO / "docs" / "gateways.md").read_text()
+    assert shipped.read_text().strip() in documented
