@@ -67,12 +67,15 @@ VARY_ORIGIN = (b"vary", b"Origin")
 
 
 class ApiMiddleware:
-    def __init__(self, app: ASGIApp, runtime: ApiRuntime, *, preflights: bool = True) -> None:
-        """`preflights`: answer CORS preflights here (the gateway check leaves them to the
-        gateway, which answers them for the upstream it fronts)."""
+    def __init__(self, app: ASGIApp, runtime: ApiRuntime, *, gateway_check: bool = False) -> None:
+        """`gateway_check`: `app` answers a gateway, not a browser. CORS preflights are left to
+        the gateway (which answers them for the upstream it fronts), and a decision to allow,
+        which the gateway never passes to the client, carries no security headers; a refusal,
+        which it does pass on, carries them."""
         self.app = app
         self.runtime = runtime
-        self.preflights = preflights
+        self.preflights = not gateway_check
+        self.allowed_headers = () if gateway_check else SECURITY_HEADERS
         self.max_body = runtime.settings.api.max_body_bytes
         self.log_requests = runtime.settings.api.access_log
         self.access_log = runtime.access_log
@@ -120,7 +123,7 @@ class ApiMiddleware:
                 status = message["status"]
                 headers = [
                     *message.get("headers", ()),
-                    *SECURITY_HEADERS,
+                    *(self.allowed_headers if status < 300 else SECURITY_HEADERS),
                     (b"x-request-id", request_id.encode()),
                     *context.rate_headers,
                 ]

@@ -31,7 +31,7 @@ class Listeners:
     def __init__(self, api: FastAPI) -> None:
         runtime: ApiRuntime = api.state.runtime
         self.api = api
-        self.check: ASGIApp = ApiMiddleware(runtime.check, runtime=runtime, preflights=False)
+        self.check: ASGIApp = ApiMiddleware(runtime.check, runtime=runtime, gateway_check=True)
         self.check_port = runtime.settings.api.check_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

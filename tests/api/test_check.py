@@ -19,6 +19,7 @@ from tenantry.api.check import original_path
 from tenantry.api.server import Listeners
 from tenantry.contract.keys import generate_key
 from tests.api.conftest import Api, ServeApi, auth, metric
+from tests.harness.servers import RedisProcess
 
 CHECK_PORT = 18_081  # what the check's listener is configured with; nothing is bound
 
@@ -130,6 +131,7 @@ async def test_an_allowed_request_gets_200_with_no_body_and_the_callers_headers(
     assert answer.headers["x-request-id"]
     assert answer.headers["ratelimit-policy"] == '"tenant";q=6000;w=60'
     assert answer.headers["x-ratelimit-remaining"] == "100"
+    assert "x-frame-options" not in answer.headers  # for browsers; this goes to a gateway
 
 
 @CONVENTIONS
@@ -139,6 +141,7 @@ async def test_refusals_are_the_problems_tenantrys_own_routes_answer(
     missing = await ask(check, "GET", "/flights/BA117", {})
     assert missing.status_code == 401
     assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.headers["x-content-type-options"] == "nosniff"  # passed on to the client
     assert missing.json()["type"].endswith("/missing-api-key")
     unknown = await ask(check, "GET", "/flights/BA117", auth(generate_key().plaintext))
     assert unknown.status_code == 401
@@ -323,3 +326,18 @@ async def test_failed_keys_are_limited_per_client_behind_a_trusted_gateway(
             "GET", "/flights/1", check.api.key("flyer"), **{"X-Forwarded-For": "198.51.100.8"}
         )
         assert other.status_code == 200
+
+
+async def test_with_redis_down_each_tenant_gets_its_tiers_failure_mode_through_the_check(
+    serve_check: Callable[..., Any], database_url: str, own_redis: RedisProcess
+) -> None:
+    async with serve_check(database_url=database_url, redis_url=own_redis.url) as check:
+        closed, opened = check.api.key("shut"), check.api.key("open")
+        assert (await check.ask("GET", "/flights/BA117", closed)).status_code == 200
+        own_redis.stop()
+        refused = await check.ask("GET", "/flights/BA117", closed)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["type"].endswith("/limiter-unavailable")
+        assert (await check.ask("GET", "/flights/BA117", opened)).status_code == 200
+        assert check.api.runtime.usage.held == 1  # counted here, merged once Redis is back
