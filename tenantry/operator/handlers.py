@@ -17,7 +17,7 @@ from typing import Any, cast
 import kopf
 import structlog
 
-from tenantry.contract.registry import REGISTRY_LABEL
+from tenantry.contract.registry import PRODUCTS_SHARD, REGISTRY_LABEL
 from tenantry.contract.resources import GROUP, VERSION
 from tenantry.operator import desired
 from tenantry.operator.kube import KubeClient, KubeError
@@ -181,16 +181,22 @@ async def registry_shard_changed(
     name: str,
     memo: Any,
     tenants: Index,
+    products: Index,
     **_: Any,
 ) -> None:
-    """Drift of a registry shard is repaired from what the tenants' passes last wrote."""
+    """Drift of a registry shard is repaired from what the tenants' passes last wrote, and
+    of the products' Secret from the products."""
     if type is None or namespace != memo.settings.platform_namespace:
         return
     data = None if type == "DELETED" else dict(body.get("data") or {})
     if type == "DELETED":
         memo.reconciler.observe_shard(name, None)
     try:
-        await memo.reconciler.repair_shard(name, data, list(tenants.keys()))
+        if name == PRODUCTS_SHARD:
+            current = {key: _one(products, key) for key in list(products.keys())}
+            await memo.reconciler.repair_products(data, current)
+        else:
+            await memo.reconciler.repair_shard(name, data, list(tenants.keys()))
     except KubeError as error:
         log.warning("registry_shard_repair_failed", shard=name, error=str(error))
 

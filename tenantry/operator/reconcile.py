@@ -493,6 +493,30 @@ class Reconciler:
         )
         return writes + await self._patch_status(body, "apiproducts", want)
 
+    async def repair_products(
+        self, data: Mapping[str, str] | None, products: Mapping[str, Body | None]
+    ) -> int:
+        """Put the products' Secret back after somebody else edited or deleted it: every
+        valid product's entry, nothing else. The write count."""
+        self.observe_shard(PRODUCTS_SHARD, data)
+        wanted: dict[str, str] = {}
+        for body in products.values():
+            if body is None:
+                continue
+            try:
+                entry = product_entry(ApiProduct.model_validate(_resource_fields(body)))
+            except ValidationError:
+                continue  # its own pass reports it, and it is not published
+            wanted[entry.name] = desired.product_value(entry)
+        have = data or {}
+        changes: dict[str, str | None] = {k: v for k, v in wanted.items() if have.get(k) != v}
+        changes |= {k: None for k in have if k not in wanted}
+        if not changes:
+            return 0
+        await self._write_shard(PRODUCTS_SHARD, changes)
+        log.info("registry_products_repaired", products=len(changes))
+        return 1
+
     async def remove_product(self, name: str) -> int:
         if name not in self.shards.get(PRODUCTS_SHARD, {}):
             return 0

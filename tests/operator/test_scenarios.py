@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from tenantry.contract.keys import parse_key
-from tenantry.contract.registry import REGISTRY_LABEL, Registry, TenantEntry
+from tenantry.contract.registry import (
+    PRODUCTS_SHARD,
+    REGISTRY_LABEL,
+    Registry,
+    RegistryError,
+    TenantEntry,
+)
 from tenantry.operator import desired
 from tests.operator.conftest import (
     Cluster,
@@ -608,7 +614,10 @@ async def test_products_routes_reach_the_registry_and_a_shared_route_is_reported
     assert published["status"]["routeCount"] == 2
 
     async def table() -> dict[str, str] | None:
-        registry = await served_registry(cluster)
+        try:
+            registry = await served_registry(cluster)
+        except RegistryError:  # a hand-made entry the API would refuse: not yet repaired
+            return None
         routes = {
             f"{r.route.method.value} {r.route.path}": r.product
             for r in registry.product_routes.routes
@@ -641,6 +650,23 @@ async def test_products_routes_reach_the_registry_and_a_shared_route_is_reported
         return routes if routes and "GET /status" not in routes else None
 
     assert await eventually(moved, what="flights' routes gone") == {
+        "GET /flights/{code}": "zeppelins",
+        "GET /airships": "zeppelins",
+    }
+    # The products' Secret edited or deleted by hand is put back from the products.
+    await cluster.patch(
+        "secrets",
+        cluster.platform_namespace,
+        PRODUCTS_SHARD,
+        {"data": {"zeppelins": None, "rogue": base64.b64encode(b"{}").decode()}},
+    )
+    assert await eventually(moved, what="products restored") == {
+        "GET /flights/{code}": "zeppelins",
+        "GET /airships": "zeppelins",
+    }
+    assert set((await served_registry(cluster)).products) == {"zeppelins"}
+    await cluster.delete("secrets", cluster.platform_namespace, PRODUCTS_SHARD)
+    assert await eventually(moved, what="products' Secret recreated") == {
         "GET /flights/{code}": "zeppelins",
         "GET /airships": "zeppelins",
     }
