@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bench.api_apps import PING_PATH
-from bench.load import SERVER_CPUS, Result, measure, serve_app
+from bench.load import PINNED, SERVER_CPUS, Result, measure, serve_app
 from tests.harness.gateways import CaddyGateway, Gateway, caddy_binary
 from tests.harness.servers import free_port
 
@@ -52,7 +52,7 @@ class PlainCaddy(Gateway):
 def _on_the_server_core(gateway: Gateway) -> Iterator[Gateway]:
     """Start `gateway` with its threads on the server core (they inherit the affinity)."""
     mask = os.sched_getaffinity(0)
-    if (os.cpu_count() or 1) >= 2:
+    if PINNED:
         os.sched_setaffinity(0, SERVER_CPUS)
     try:
         gateway.start()

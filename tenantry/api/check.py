@@ -60,13 +60,11 @@ ORIGINAL_METHOD = b"x-original-method"
 ORIGINAL_URI = b"x-original-uri"
 PROBLEM_HEADER = b"x-tenantry-problem"
 
+CALLER_HEADERS = (b"x-tenantry-tenant", b"x-tenantry-tier", b"x-tenantry-key", b"x-tenantry-scopes")
 ALLOWED_HEADERS = ((b"content-length", b"0"),)
 # On a public route nobody is admitted: the caller's headers go to the upstream empty, so a
 # gateway that copies them (Envoy's `headersToBackend`) overwrites whatever a client sent.
-NO_CALLER_HEADERS = tuple(
-    (name, b"")
-    for name in (b"x-tenantry-tenant", b"x-tenantry-tier", b"x-tenantry-key", b"x-tenantry-scopes")
-)
+NO_CALLER_HEADERS = tuple((name, b"") for name in CALLER_HEADERS)
 ALLOWED_BODY = {"type": "http.response.body", "body": b""}
 
 
@@ -81,10 +79,6 @@ class GatewayCheck:
             for method in (*KNOWN_METHODS, OTHER_METHOD)
         }
         self._caller_headers: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
-
-    @property
-    def table(self) -> RouteTable:
-        return self._table
 
     def use(self, registry: Registry) -> None:
         """Serve the route table of a new registry snapshot."""
@@ -171,11 +165,14 @@ class GatewayCheck:
         headers = self._caller_headers.get(cell)
         if headers is None:
             scopes = caller.key.scopes
+            values = (
+                caller.tenant.tenant_id,
+                caller.tenant.tier,
+                caller.key.name,
+                " ".join(sorted(scopes)) if scopes is not None else "*",
+            )
             headers = self._caller_headers[cell] = [
-                (b"x-tenantry-tenant", caller.tenant.tenant_id.encode()),
-                (b"x-tenantry-tier", caller.tenant.tier.encode()),
-                (b"x-tenantry-key", caller.key.name.encode()),
-                (b"x-tenantry-scopes", " ".join(sorted(scopes)).encode() if scopes else b"*"),
+                (name, value.encode()) for name, value in zip(CALLER_HEADERS, values, strict=True)
             ]
         return headers
 

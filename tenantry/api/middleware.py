@@ -75,7 +75,7 @@ class ApiMiddleware:
         self.app = app
         self.runtime = runtime
         self.preflights = not gateway_check
-        self.allowed_headers = () if gateway_check else SECURITY_HEADERS
+        self.security_headers_on_success = () if gateway_check else SECURITY_HEADERS
         self.max_body = runtime.settings.api.max_body_bytes
         self.log_requests = runtime.settings.api.access_log
         self.access_log = runtime.access_log
@@ -123,7 +123,7 @@ class ApiMiddleware:
                 status = message["status"]
                 headers = [
                     *message.get("headers", ()),
-                    *(self.allowed_headers if status < 300 else SECURITY_HEADERS),
+                    *(self.security_headers_on_success if status < 300 else SECURITY_HEADERS),
                     (b"x-request-id", request_id.encode()),
                     *context.rate_headers,
                 ]

@@ -456,7 +456,7 @@ class Reconciler:
 
     # --- products ----------------------------------------------------------------------------
 
-    async def reconcile_product(self, body: Body, products: Mapping[str, Body]) -> int:
+    async def reconcile_product(self, body: Body, products: Mapping[str, Body | None]) -> int:
         """Publish a product's routes to the registry's products Secret and report what the
         gateway check serves of them; `products` are every product of the platform
         namespace as the index shows them (a route two declare goes to the first by name).
@@ -487,7 +487,8 @@ class Reconciler:
         if self.shards.get(PRODUCTS_SHARD, {}).get(name) != value:
             await self._write_shard(PRODUCTS_SHARD, {name: value})
             writes += 1
-        lost = ProductRoutes.merge(_valid_products(products, entry)).conflicts.get(name, ())
+        merged = ProductRoutes.merge((_published(products.values()) | {name: entry}).values())
+        lost = merged.conflicts.get(name, ())
         want = desired.product_status(
             self.status_of(body), generation, len(entry.routes), lost, self.clock()
         )
@@ -499,15 +500,10 @@ class Reconciler:
         """Put the products' Secret back after somebody else edited or deleted it: every
         valid product's entry, nothing else. The write count."""
         self.observe_shard(PRODUCTS_SHARD, data)
-        wanted: dict[str, str] = {}
-        for body in products.values():
-            if body is None:
-                continue
-            try:
-                entry = product_entry(ApiProduct.model_validate(_resource_fields(body)))
-            except ValidationError:
-                continue  # its own pass reports it, and it is not published
-            wanted[entry.name] = desired.product_value(entry)
+        wanted = {
+            name: desired.product_value(entry)
+            for name, entry in _published(products.values()).items()
+        }
         have = data or {}
         changes: dict[str, str | None] = {k: v for k, v in wanted.items() if have.get(k) != v}
         changes |= {k: None for k in have if k not in wanted}
@@ -626,16 +622,18 @@ class Reconciler:
         return 1
 
 
-def _valid_products(products: Mapping[str, Body], current: ProductEntry) -> list[ProductEntry]:
-    """The products to merge: `current` as just read, and every other valid one."""
-    entries = [current]
-    for name, body in products.items():
-        if name == current.name:
+def _published(products: Iterable[Body | None]) -> dict[str, ProductEntry]:
+    """The entries of the valid products among `products`, by name (an invalid one is
+    reported by its own pass, and not published)."""
+    entries: dict[str, ProductEntry] = {}
+    for body in products:
+        if body is None:
             continue
         try:
-            entries.append(product_entry(ApiProduct.model_validate(_resource_fields(body))))
+            entry = product_entry(ApiProduct.model_validate(_resource_fields(body)))
         except ValidationError:
-            continue  # its own pass reports it, and it is not published
+            continue
+        entries[entry.name] = entry
     return entries
 
 
