@@ -39,7 +39,7 @@ from tenantry.db.tables import Job, JobStatus
 from tenantry.jobs.broker import CeleryPublisher
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.service import JobsService, JobSubmission
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
 from tenantry.worker.celery_app import create_celery
@@ -262,7 +262,7 @@ async def flush_rate(
     client.close()
     admitted = tenants * minutes * routes * per_route
     engine = create_engine(settings.database_url)
-    async_client = create_redis(settings.redis_url, timeout_seconds=30)
+    async_client = RedisConnector(settings.redis_url, timeout_seconds=30)
     flusher = UsageFlusher(async_client, session_factory(engine), grace_seconds=0)
     entries = Registry.build(
         [TenantEntry(tenant_id=t, display_name=t, tier="bench") for t in tenant_ids]

@@ -1,4 +1,5 @@
-"""Fixtures every part's tests share: real PostgreSQL, real Redis, the helm binary."""
+"""Fixtures every part's tests share: real PostgreSQL, real Redis and Redis Cluster, the helm
+binary."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis
 from sqlalchemy.engine import URL, make_url
 
 from tenantry.db.migrate import upgrade
+from tests.harness.redis_cluster import RedisCluster, sync_client
 from tests.harness.servers import (
     MissingServerBinaryError,
     PostgresProcess,
@@ -88,12 +90,57 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server: str) -> str:
+def single_redis_url(redis_server: str) -> str:
     """The session's Redis, emptied before the test."""
     client = redis.Redis.from_url(redis_server)
     client.flushdb()
     client.close()
     return redis_server
+
+
+@pytest.fixture
+def redis_url(single_redis_url: str) -> str:
+    """The Redis a test runs on: one node (a module that runs on both overrides this with
+    `any_redis_url`)."""
+    return single_redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster | None]:
+    """The session's Redis Cluster, three masters with a replica each, started for the run;
+    None when `TENANTRY_TEST_REDIS_CLUSTER_URL` gives one (which tests can not kill nodes of)."""
+    if os.environ.get("TENANTRY_TEST_REDIS_CLUSTER_URL"):
+        yield None
+        return
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster | None) -> str:
+    """Any node of the session's Redis Cluster, every master emptied before the test."""
+    url = os.environ.get("TENANTRY_TEST_REDIS_CLUSTER_URL") or (
+        redis_cluster.url if redis_cluster else ""
+    )
+    client = sync_client(url)
+    client.flushall()
+    client.close()
+    return url
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis, then a Redis Cluster: for tests of what must work on both."""
+    name = "single_redis_url" if request.param == "redis" else "redis_cluster_url"
+    url: str = request.getfixturevalue(name)
+    return url
 
 
 @pytest.fixture

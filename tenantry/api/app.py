@@ -39,7 +39,7 @@ from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.openapi import openapi_document
 from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_plugins
 from tenantry.api.problems import install_problem_handlers
-from tenantry.api.redis_pipeline import PipelinedRedis
+from tenantry.api.redis_pipeline import PipelinedRedis, RedisReplyError, RedisUnavailableError
 from tenantry.api.runtime import ApiRuntime
 from tenantry.api.server import Listeners
 from tenantry.api.tracing import tracer_from_environment
@@ -47,7 +47,7 @@ from tenantry.db.engine import create_engine
 from tenantry.jobs.kinds import JobKindError, JobKinds
 from tenantry.jobs.service import JobsService
 from tenantry.logs import configure_logging
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.settings import Settings, get_settings
 from tenantry.sources import RegistrySource, registry_source
 
@@ -81,7 +81,7 @@ def create_app(
     what the settings would make; `plugins` replace the installed ones."""
     settings = settings or get_settings()
     redis = (
-        create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+        RedisConnector(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
         if settings.redis_url
         else None
     )
@@ -105,6 +105,8 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         routes = admission.compile(public_paths(app))
         log.info("routes_compiled", routes=len(routes.entries))
+        if pipelined is not None:
+            await _first_contact(pipelined)
         tasks = [asyncio.create_task(registry_from.run(runtime.holder), name="registry")]
         if redis is not None:
             tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
@@ -241,16 +243,26 @@ def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:
     return restore
 
 
+async def _first_contact(pipelined: PipelinedRedis) -> None:
+    """Meet Redis before serving, so the first requests do not wait for it to be found out
+    (one node or a cluster, and the cluster's slot map); a Redis that is away is met later."""
+    with contextlib.suppress(RedisUnavailableError, RedisReplyError):
+        await pipelined.execute(b"PING")
+
+
 async def _merge_usage_forever(runtime: ApiRuntime) -> None:
-    """Merge usage counted in process back into Redis once the limiter reaches it again."""
+    """Merge usage counted in process back into Redis once it is reachable again (a tenant
+    at a time, so on a cluster each tenant's usage goes home as soon as its node is back).
+    Redis is first contacted here at start-up, so that the client knows every node of a
+    cluster before any of them fails."""
     assert runtime.redis is not None
     interval = runtime.settings.api.usage_merge_interval_seconds
     while True:
+        if runtime.redis.cluster is None:
+            with contextlib.suppress(RedisError, OSError):
+                await runtime.redis.client()
         await asyncio.sleep(interval)
-        if not runtime.usage.held:
-            continue
-        try:
-            await runtime.redis.ping()
-        except (RedisError, OSError):
-            continue  # still away; the limiter's own errors are already counted
-        await merge_local_usage(runtime.redis, runtime.usage, runtime.metrics)
+        if runtime.usage.held:
+            # Shielded: shutdown cancels this loop, never a merge whose script calls are in
+            # flight (their cells would be neither merged nor given back).
+            await asyncio.shield(merge_local_usage(runtime.redis, runtime.usage, runtime.metrics))

@@ -28,6 +28,7 @@ from tenantry.api.refusals import RefusalAudit
 from tenantry.contract.registry import Registry
 from tenantry.db.engine import session_factory
 from tenantry.db.migrate import is_at_head
+from tenantry.redis_client import RedisConnector
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
 
@@ -40,7 +41,7 @@ class ApiRuntime:
         settings: Settings,
         *,
         engine: AsyncEngine | None,
-        redis: aioredis.Redis | None,
+        redis: RedisConnector | None,
         scripts: ScriptRunner | None,
         tracer: Tracer | None = None,
     ) -> None:
@@ -132,8 +133,10 @@ class ApiRuntime:
             await connection.execute(text("SELECT 1"))
 
     async def _ping_redis(self) -> None:
+        """PING; on a cluster, every node must answer."""
         assert self.redis is not None
-        await self.redis.ping()
+        client = await self.redis.client()
+        await client.ping()
 
     async def _check_migrations(self) -> None:
         assert self.engine is not None

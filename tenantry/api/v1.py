@@ -38,6 +38,7 @@ from tenantry.contract.usage import (
 )
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import UsageCounter, UsageGranularity
+from tenantry.redis_client import RedisClient
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -234,7 +235,7 @@ async def get_usage(
     cached in Redis for a few seconds; the cache is dropped when a flush lands."""
     runtime: ApiRuntime = request.app.state.runtime
     tenant_id = caller.tenant.tenant_id
-    redis = runtime.redis if runtime.redis is not None and runtime.limiter.redis_healthy else None
+    redis = await _redis_of(request, runtime)
     if redis is not None and not query.fresh:
         cached = await _cached(redis, tenant_id, runtime)
         if cached is not None:
@@ -285,9 +286,19 @@ async def get_usage(
     return answer
 
 
-async def _cached(
-    redis: aioredis.Redis, tenant_id: str, runtime: ApiRuntime
-) -> UsageResponse | None:
+async def _redis_of(request: Request, runtime: ApiRuntime) -> RedisClient | None:
+    """The Redis client, when Redis (the node of the caller's tenant) just admitted this
+    request: otherwise it is away, and asking it would only add a timeout."""
+    decision = request_context(request).decision
+    if runtime.redis is None or decision is None or decision.source != "redis":
+        return None
+    try:
+        return await runtime.redis.client()
+    except (aioredis.RedisError, OSError):
+        return None
+
+
+async def _cached(redis: RedisClient, tenant_id: str, runtime: ApiRuntime) -> UsageResponse | None:
     try:
         raw = await redis.get(usage_cache_key(tenant_id))
     except (aioredis.RedisError, OSError):
@@ -328,7 +339,7 @@ async def _flushed_this_month(
 
 
 async def _unflushed_cells(
-    redis: aioredis.Redis | None, tenant_id: str, runtime: ApiRuntime
+    redis: RedisClient | None, tenant_id: str, runtime: ApiRuntime
 ) -> dict[tuple[int, str], int]:
     """Requests in Redis not yet flushed: (minute, route) → requests, the total included."""
     if redis is None:

@@ -1,11 +1,13 @@
 """The usage flush: closed per-minute buckets from Redis into PostgreSQL, exactly once.
 
-For each batch of tenants (taken from the registry, never by scanning keys):
+For each batch of tenants (taken from the registry, never by scanning keys; on a Redis Cluster,
+batched by the node that serves them, so a node that is down holds back only its own tenants):
 1. Recover: a staged copy left by a crashed flush is applied, unless PostgreSQL already
    recorded its flush id, in which case it is only deleted.
 2. Rebuild quota counters that Redis lost (`quota_seed.lua`), now that nothing is in flight.
-3. Stage: `usage_stage.lua` moves each tenant's closed buckets into a staged hash under a new
-   flush id, atomically (a request is counted either in its bucket or in the staged copy).
+3. Stage: the open minutes are read from each tenant's index, then `usage_stage.lua` moves
+   the closed ones' buckets into a staged hash under a new flush id, atomically (a request is
+   counted either in its bucket or in the staged copy).
 4. Commit: one transaction inserts the flush id into `usage_flushes` (unique) and adds the
    counts to `usage_counters` (per minute and per day, per route and in total).
 5. Clean up: delete the staged copies and the tenants' cached usage answers.
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,13 +37,14 @@ from tenantry.contract.usage import (
     TOTAL_ROUTE,
     quota_key,
     quota_seeded_key,
-    usage_bucket_prefix,
+    usage_bucket_key,
     usage_cache_key,
     usage_index_key,
     usage_staged_key,
     usage_staging_index_key,
 )
 from tenantry.db.tables import UsageCounter, UsageFlush, UsageGranularity
+from tenantry.redis_client import RedisClient, RedisConnector, node_of
 from tenantry.worker import metrics
 
 log = structlog.get_logger("tenantry.flush")
@@ -58,6 +61,7 @@ MARKER_SECONDS = 40 * 24 * 3600  # outlives any month
 @dataclass
 class FlushReport:
     flushes: int = 0  # flush ids committed by this run
+    failed_batches: int = 0  # batches Redis failed (their tenants wait for the next run)
     recovered: int = 0  # staged copies of crashed runs applied
     cleaned: int = 0  # staged copies whose flush had already landed
     buckets: int = 0
@@ -78,25 +82,38 @@ class _Staged:
         return sum(n for (_, _, route), n in self.counts.items() if route == TOTAL_ROUTE)
 
 
+class UsageFlushError(RuntimeError):
+    """Some tenants' usage could not be flushed this time; the next flush takes it."""
+
+
 class UsageFlusher:
     def __init__(
         self,
-        client: aioredis.Redis,
+        redis: RedisConnector,
         sessions: async_sessionmaker[AsyncSession],
         *,
         grace_seconds: float = 5.0,
     ) -> None:
-        self.client = client
+        self.redis = redis
         self.sessions = sessions
         self.grace_seconds = grace_seconds
-        self._stage = client.register_script(STAGE_SCRIPT)
-        self._seed = client.register_script(QUOTA_SEED_SCRIPT)
 
     async def flush(self, tenants: Iterable[TenantEntry]) -> FlushReport:
+        """Flush every tenant's closed minutes; raises `UsageFlushError` after trying them
+        all if Redis failed some batches."""
         report = FlushReport()
-        entries = sorted(tenants, key=lambda t: t.tenant_id)
-        for start in range(0, len(entries), TENANTS_PER_FLUSH):
-            await self._flush_batch(entries[start : start + TENANTS_PER_FLUSH], report)
+        client = await self.redis.client()
+        by_node: dict[str, list[TenantEntry]] = defaultdict(list)
+        for tenant in sorted(tenants, key=lambda t: t.tenant_id):
+            by_node[node_of(client, usage_index_key(tenant.tenant_id))].append(tenant)
+        for node, entries in by_node.items():
+            for start in range(0, len(entries), TENANTS_PER_FLUSH):
+                try:
+                    batch = entries[start : start + TENANTS_PER_FLUSH]
+                    await self._flush_batch(client, batch, report)
+                except RedisError as error:  # PostgreSQL's errors end the flush at once
+                    report.failed_batches += 1
+                    log.warning("usage.flush_batch_failed", node=node, error=str(error))
         metrics.FLUSH_REQUESTS.inc(report.requests)
         log.info(
             "usage.flushed",
@@ -105,43 +122,60 @@ class UsageFlusher:
             requests=report.requests,
             recovered=report.recovered,
             cleaned=report.cleaned,
+            failed_batches=report.failed_batches,
         )
+        if report.failed_batches:
+            raise UsageFlushError(f"{report.failed_batches} batches of tenants were not flushed")
         return report
 
-    async def _flush_batch(self, batch: Sequence[TenantEntry], report: FlushReport) -> None:
+    async def _flush_batch(
+        self, client: RedisClient, batch: Sequence[TenantEntry], report: FlushReport
+    ) -> None:
         ids = [t.tenant_id for t in batch]
-        await self._recover(ids, report)
-        await self._rebuild_quotas(batch, report)
-        flush_id = uuid.uuid4().hex
-        async with self.client.pipeline(transaction=False) as pipe:
+        await self._recover(client, ids, report)
+        await self._rebuild_quotas(client, batch, report)
+        async with client.pipeline(transaction=False) as pipe:
             for tenant_id in ids:
-                await self._stage(
-                    keys=[
-                        usage_index_key(tenant_id),
-                        usage_staging_index_key(tenant_id),
-                        usage_staged_key(tenant_id, flush_id),
-                    ],
-                    args=[
-                        self.grace_seconds,
-                        usage_bucket_prefix(tenant_id),
-                        flush_id,
-                        MINUTES_PER_CALL,
-                    ],
-                    client=pipe,
-                )
+                pipe.zrange(usage_index_key(tenant_id), 0, MINUTES_PER_CALL - 1)
+            indexes = await pipe.execute()
+        flush_id = uuid.uuid4().hex
+        candidates = [
+            (tenant_id, [int(member) for member in members])
+            for tenant_id, members in zip(ids, indexes, strict=True)
+            if members
+        ]
+        if not candidates:
+            return
+        # The scripts go as EVAL (their text, cached by Redis): a cluster's pipeline has no
+        # EVALSHA, and a master promoted a moment ago may not know a loaded script.
+        async with client.pipeline(transaction=False) as pipe:
+            for tenant_id, minutes in candidates:
+                keys = [
+                    usage_index_key(tenant_id),
+                    usage_staging_index_key(tenant_id),
+                    usage_staged_key(tenant_id, flush_id),
+                    *(usage_bucket_key(tenant_id, minute) for minute in minutes),
+                ]
+                pipe.eval(STAGE_SCRIPT, len(keys), *keys, self.grace_seconds, flush_id, *minutes)
             moved = await pipe.execute()
-        staged_tenants = [t for t, minutes in zip(ids, moved, strict=True) if int(minutes) > 0]
+        staged_tenants = [
+            tenant_id
+            for (tenant_id, _), minutes in zip(candidates, moved, strict=True)
+            if int(minutes) > 0
+        ]
         metrics.FLUSH_BUCKETS.observe(sum(int(m) for m in moved))
         if not staged_tenants:
             return
-        staged = await self._read({flush_id: staged_tenants})
+        staged = await self._read(client, {flush_id: staged_tenants})
         for copy in staged.values():
             await self._commit(copy, report)
-            await self._clean(copy)
+            await self._clean(client, copy)
         report.flushes += 1
 
-    async def _recover(self, tenant_ids: Sequence[str], report: FlushReport) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
+    async def _recover(
+        self, client: RedisClient, tenant_ids: Sequence[str], report: FlushReport
+    ) -> None:
+        async with client.pipeline(transaction=False) as pipe:
             for tenant_id in tenant_ids:
                 pipe.smembers(usage_staging_index_key(tenant_id))
             members = await pipe.execute()
@@ -151,7 +185,7 @@ class UsageFlusher:
                 leftovers[raw.decode()].append(tenant_id)
         if not leftovers:
             return
-        staged = await self._read(leftovers)
+        staged = await self._read(client, leftovers)
         async with self.sessions() as session:
             landed = set(
                 (
@@ -168,11 +202,13 @@ class UsageFlusher:
                 await self._commit(copy, report)
                 report.recovered += 1
                 log.info("usage.flush_recovered", flush_id=flush_id)
-            await self._clean(copy)
+            await self._clean(client, copy)
 
-    async def _read(self, tenants_by_flush: dict[str, list[str]]) -> dict[str, _Staged]:
+    async def _read(
+        self, client: RedisClient, tenants_by_flush: dict[str, list[str]]
+    ) -> dict[str, _Staged]:
         pairs = [(f, t) for f, tenants in tenants_by_flush.items() for t in tenants]
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for flush_id, tenant_id in pairs:
                 pipe.hgetall(usage_staged_key(tenant_id, flush_id))
             contents = await pipe.execute()
@@ -244,21 +280,23 @@ class UsageFlusher:
         if oldest is not None:
             metrics.FLUSH_LAG.set(datetime.now(UTC).timestamp() - oldest - 60)
 
-    async def _clean(self, copy: _Staged) -> None:
-        async with self.client.pipeline(transaction=False) as pipe:
+    async def _clean(self, client: RedisClient, copy: _Staged) -> None:
+        async with client.pipeline(transaction=False) as pipe:
             for tenant_id in copy.tenants:
                 pipe.delete(usage_staged_key(tenant_id, copy.flush_id))
                 pipe.srem(usage_staging_index_key(tenant_id), copy.flush_id)
                 pipe.delete(usage_cache_key(tenant_id))
             await pipe.execute()
 
-    async def _rebuild_quotas(self, batch: Sequence[TenantEntry], report: FlushReport) -> None:
+    async def _rebuild_quotas(
+        self, client: RedisClient, batch: Sequence[TenantEntry], report: FlushReport
+    ) -> None:
         """Give back to a quota counter what Redis lost of it (see `quota_seed.lua`)."""
         with_quota = [t.tenant_id for t in batch if t.limits and t.limits.monthly_quota]
         if not with_quota:
             return
         month = month_of(datetime.now(UTC))
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for tenant_id in with_quota:
                 pipe.exists(quota_seeded_key(tenant_id, month))
             present = await pipe.execute()
@@ -279,16 +317,15 @@ class UsageFlusher:
                     .group_by(UsageCounter.tenant_id)
                 )
                 flushed = {tenant_id: int(total) for tenant_id, total in result.all()}
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for tenant_id in with_quota:
-                await self._seed(
-                    keys=[
-                        quota_key(tenant_id, month),
-                        quota_seeded_key(tenant_id, month),
-                        quota_seeded_key(tenant_id, next_month(month)),
-                    ],
-                    args=[flushed.get(tenant_id, 0), MARKER_SECONDS],
-                    client=pipe,
+                keys = [
+                    quota_key(tenant_id, month),
+                    quota_seeded_key(tenant_id, month),
+                    quota_seeded_key(tenant_id, next_month(month)),
+                ]
+                pipe.eval(
+                    QUOTA_SEED_SCRIPT, len(keys), *keys, flushed.get(tenant_id, 0), MARKER_SECONDS
                 )
             added = await pipe.execute()
         for tenant_id, amount in zip(with_quota, added, strict=True):

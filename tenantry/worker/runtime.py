@@ -21,7 +21,7 @@ from tenantry.db.engine import create_engine, session_factory
 from tenantry.jobs.breaker import CircuitBreakers
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.queueing import JobPublisher
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder, RegistrySource, registry_source
 from tenantry.worker.execution import WorkerContext
@@ -57,7 +57,7 @@ class WorkerRuntime:
         self.statement_engine = create_engine(
             settings.database_url, pool_size=2, autocommit=True, pre_ping=False
         )
-        self.redis = create_redis(settings.redis_url, timeout_seconds=5.0, max_connections=16)
+        self.redis = RedisConnector(settings.redis_url, timeout_seconds=5.0, max_connections=16)
         worker = settings.worker
         self.context = WorkerContext(
             settings=worker,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from tenantry.contract.usage import job_leases_key
+from tenantry.redis_client import RedisConnector
 
 ACQUIRE_SCRIPT = (Path(__file__).parent / "semaphore_acquire.lua").read_text()
 
@@ -26,21 +27,30 @@ class ConcurrencyLimiter(Protocol):
 
 
 class RedisSemaphore:
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._acquire = client.register_script(ACQUIRE_SCRIPT)
+    """The leases on one Redis or a Redis Cluster (a tenant's leases live in its slot)."""
+
+    def __init__(self, redis: RedisConnector) -> None:
+        self._redis = redis
+        self._acquire: AsyncScript | None = None
 
     async def acquire(self, tenant_id: str, job_id: str, slots: int, lease_seconds: float) -> bool:
+        client = await self._redis.client()
+        if self._acquire is None:
+            self._acquire = client.register_script(ACQUIRE_SCRIPT)
         taken = await self._acquire(
-            keys=[job_leases_key(tenant_id)], args=[job_id, slots, int(lease_seconds * 1000)]
+            keys=[job_leases_key(tenant_id)],
+            args=[job_id, slots, int(lease_seconds * 1000)],
+            client=client,
         )
         return bool(taken)
 
     async def release(self, tenant_id: str, job_id: str) -> None:
-        await self._client.zrem(job_leases_key(tenant_id), job_id)
+        client = await self._redis.client()
+        await client.zrem(job_leases_key(tenant_id), job_id)
 
     async def holders(self, tenant_id: str) -> list[str]:
-        members = await self._client.zrange(job_leases_key(tenant_id), 0, -1)
+        client = await self._redis.client()
+        members = await client.zrange(job_leases_key(tenant_id), 0, -1)
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
 

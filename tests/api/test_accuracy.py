@@ -1,6 +1,7 @@
 """Limiter accuracy across processes: several real API servers share one tenant's limit.
 
-Three `tenantry api` processes on their own ports and 64 concurrent clients on one tenant,
+Three `tenantry api` processes on their own ports and 64 concurrent clients on one tenant, on
+one Redis and on a Redis Cluster,
 for a few seconds, and on until 100 requests were refused (a loaded machine sends fewer).
 GCRA admits at most `burst + 1 + floor(W / T)` requests in any window W
 (T the emission interval); the admitted count must not exceed that for the measured window
@@ -17,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tenantry.contract.policy import gcra_params
 from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_key
 from tenantry.sources.files import FileRegistrySource
 from tests.api.conftest import MANIFESTS, auth
 from tests.api.servers import tenantry_process, wait_until_serving
+from tests.harness.redis_cluster import SyncRedis, sync_client
 from tests.harness.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -35,14 +36,19 @@ MIN_REFUSED = 100  # the clients keep pushing past the limit once the burst is s
 TENANT = "team-t/metered"  # tier `steady`: 1200/min, burst 300
 
 
-def _redis_now(client: redis.Redis) -> float:
+@pytest.fixture
+def redis_url(any_redis_url: str) -> str:
+    return any_redis_url
+
+
+def _redis_now(client: SyncRedis) -> float:
     """Redis' clock, the one the limiter runs on, so the window is measured on it too."""
     seconds, microseconds = client.time()
     return seconds + microseconds / 1_000_000
 
 
 async def _hammer(
-    urls: list[str], key: str, clock: redis.Redis
+    urls: list[str], key: str, clock: SyncRedis
 ) -> tuple[int, int, int, float, float]:
     """Admitted, refused and other answers; the window on Redis' clock from the start signal
     to the last answer, and the seconds the clients were sending."""
@@ -121,7 +127,7 @@ async def test_several_processes_admit_what_the_policy_allows_and_no_more(
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url, process in zip(urls, processes, strict=True):
             await asyncio.to_thread(wait_until_serving, url + "/livez", process)
-        client = redis.Redis.from_url(redis_url)
+        client = sync_client(redis_url)
         admitted, refused, other, window, sending = await _hammer(urls, key, client)
 
     params = gcra_params(1200, 300)

@@ -159,6 +159,7 @@ class RedisProcess:
 
     base_dir: Path
     port: int = field(default_factory=free_port)
+    options: tuple[str, ...] = ()  # more `redis-server` options, e.g. a cluster node's
     _process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,12 +177,17 @@ class RedisProcess:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.base_dir),
+                *self.options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
         wait_for_port(self.port)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def stop(self) -> None:
         if self._process is not None:

@@ -9,14 +9,14 @@ import asyncio
 import sys
 
 from tenantry.db.engine import create_engine, session_factory
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.worker.flush import UsageFlusher
 from tests.worker.conftest import tenant
 
 
 async def main(database_url: str, redis_url: str, tenant_ids: list[str]) -> None:
     engine = create_engine(database_url)
-    client = create_redis(redis_url, timeout_seconds=60)
+    client = RedisConnector(redis_url, timeout_seconds=60)
     flusher = UsageFlusher(client, session_factory(engine), grace_seconds=0)
     await flusher.flush([tenant(t) for t in tenant_ids])
     await client.aclose()

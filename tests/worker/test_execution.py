@@ -17,7 +17,7 @@ from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.webhook import WebhookDeliver, verify
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import Verdict, execute_job
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
@@ -173,11 +173,11 @@ async def test_cancelling_a_running_job_stops_it(harness: Harness) -> None:
 
 
 async def test_max_concurrent_jobs_holds_across_workers(
-    sessions: async_sessionmaker[AsyncSession], redis_url: str
+    sessions: async_sessionmaker[AsyncSession], any_redis_url: str
 ) -> None:
     holder = RegistryHolder()
     holder.publish(Registry.build([tenant(ACME, max_concurrent_jobs=2)]))
-    client = create_redis(redis_url, timeout_seconds=2)
+    client = RedisConnector(any_redis_url, timeout_seconds=2)
     settings = fast_settings()
     # Two workers, each with four consumers, sharing the tenant's slots through Redis.
     first = Harness(sessions, holder, settings, limiter=RedisSemaphore(client))
@@ -193,8 +193,8 @@ async def test_max_concurrent_jobs_holds_across_workers(
     assert receiver.max_in_flight == 2
 
 
-async def test_a_crashed_workers_slot_frees_itself(redis_url: str) -> None:
-    client = create_redis(redis_url, timeout_seconds=2)
+async def test_a_crashed_workers_slot_frees_itself(any_redis_url: str) -> None:
+    client = RedisConnector(any_redis_url, timeout_seconds=2)
     slots = RedisSemaphore(client)
     assert await slots.acquire(ACME, "job-a", 1, lease_seconds=0.3)
     assert not await slots.acquire(ACME, "job-b", 1, lease_seconds=0.3)

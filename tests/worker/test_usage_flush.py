@@ -28,9 +28,10 @@ from tenantry.contract.usage import (
 )
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import JobStatus, UsageCounter, UsageFlush, UsageGranularity
-from tenantry.redis_client import create_redis
+from tenantry.redis_client import RedisConnector
 from tenantry.sources import RegistryHolder
 from tenantry.worker.flush import UsageFlusher
+from tests.harness.redis_cluster import SyncRedis, sync_client
 from tests.harness.servers import PostgresProcess
 from tests.worker.conftest import ACME, GLOBEX, Harness, fast_settings, tenant, wait_for
 from tests.worker.usage_writes import minutes_ago, record_requests
@@ -42,8 +43,14 @@ TENANTS = [tenant(ACME, monthly_quota=1_000_000), tenant(GLOBEX)]
 
 
 @pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_url(any_redis_url: str) -> str:
+    """Every flush test runs on one Redis and on a Redis Cluster."""
+    return any_redis_url
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[SyncRedis]:
+    client = sync_client(redis_url)
     yield client
     client.close()
 
@@ -52,7 +59,7 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
 async def flusher(
     redis_url: str, sessions: async_sessionmaker[AsyncSession]
 ) -> AsyncIterator[UsageFlusher]:
-    client = create_redis(redis_url, timeout_seconds=5)
+    client = RedisConnector(redis_url, timeout_seconds=5)
     yield UsageFlusher(client, sessions, grace_seconds=0)
     await client.aclose()
 
@@ -77,7 +84,7 @@ def day_of(minute: int) -> int:
 
 
 async def test_closed_minutes_land_exactly_and_open_ones_wait(
-    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: redis.Redis
+    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: SyncRedis
 ) -> None:
     old, older, now = minutes_ago(2), minutes_ago(3), minutes_ago(0)
     record_requests(sync_redis, ACME, older, "/v1/jobs", 7)
@@ -107,7 +114,7 @@ async def test_closed_minutes_land_exactly_and_open_ones_wait(
 
 
 async def test_repeated_flushes_add_only_what_is_new(
-    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: redis.Redis
+    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: SyncRedis
 ) -> None:
     minute = minutes_ago(2)
     record_requests(sync_redis, ACME, minute, "/v1/jobs", 5)
@@ -119,12 +126,21 @@ async def test_repeated_flushes_add_only_what_is_new(
     assert (await counters(sessions, UsageGranularity.DAY))[(ACME, day_of(minute), "")] == 8
 
 
+def _node_serving(client: SyncRedis, key: str) -> redis.Redis:
+    """A client of the one node that holds `key` (the only node off a cluster)."""
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        connection: redis.Redis = node.redis_connection
+        return connection
+    return client
+
+
 async def test_flush_killed_between_commit_and_cleanup_counts_once(
     database_url: str,
     redis_url: str,
     sessions: async_sessionmaker[AsyncSession],
     flusher: UsageFlusher,
-    sync_redis: redis.Redis,
+    sync_redis: SyncRedis,
 ) -> None:
     minute = minutes_ago(2)
     record_requests(sync_redis, ACME, minute, "/v1/jobs", 9)
@@ -141,7 +157,8 @@ async def test_flush_killed_between_commit_and_cleanup_counts_once(
             return bool(sync_redis.scard(usage_staging_index_key(ACME)))
 
         await wait_for(staged, what="the flush to stage its copy")
-        sync_redis.client_pause(20000, all=False)  # writes only
+        node = _node_serving(sync_redis, usage_staging_index_key(ACME))
+        node.client_pause(20000, all=False)  # writes only
         await lock.rollback()
     await blocker.dispose()
     try:
@@ -154,7 +171,7 @@ async def test_flush_killed_between_commit_and_cleanup_counts_once(
         process.send_signal(signal.SIGKILL)
         await process.wait()
     finally:
-        sync_redis.client_unpause()
+        node.client_unpause()
     assert sync_redis.scard(usage_staging_index_key(ACME)) == 1  # the crash left it staged
 
     report = await flusher.flush(TENANTS)
@@ -166,11 +183,11 @@ async def test_flush_killed_between_commit_and_cleanup_counts_once(
 
 
 async def test_postgres_stopped_during_a_flush_loses_and_doubles_nothing(
-    own_postgres: PostgresProcess, redis_url: str, sync_redis: redis.Redis
+    own_postgres: PostgresProcess, redis_url: str, sync_redis: SyncRedis
 ) -> None:
     engine = create_engine(own_postgres.url)
     sessions = session_factory(engine)
-    client = create_redis(redis_url, timeout_seconds=5)
+    client = RedisConnector(redis_url, timeout_seconds=5)
     flusher = UsageFlusher(client, sessions, grace_seconds=0)
     first, second = minutes_ago(3), minutes_ago(2)
     record_requests(sync_redis, GLOBEX, first, "/v1/jobs", 4)
@@ -193,7 +210,7 @@ async def test_postgres_stopped_during_a_flush_loses_and_doubles_nothing(
 
 
 async def test_a_quota_counter_redis_lost_is_rebuilt_from_postgres_once(
-    flusher: UsageFlusher, sync_redis: redis.Redis
+    flusher: UsageFlusher, sync_redis: SyncRedis
 ) -> None:
     minute = minutes_ago(1)  # closed; in this month except during a month's first minute
     month = month_of(datetime.fromtimestamp(minute, UTC))
@@ -214,7 +231,7 @@ async def test_a_quota_counter_redis_lost_is_rebuilt_from_postgres_once(
 
 
 async def test_usage_export_returns_the_flushed_usage_as_csv(
-    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: redis.Redis
+    flusher: UsageFlusher, sessions: async_sessionmaker[AsyncSession], sync_redis: SyncRedis
 ) -> None:
     minute = minutes_ago(2)
     record_requests(sync_redis, ACME, minute, "/v1/jobs", 5)

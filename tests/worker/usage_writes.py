@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import redis
-
 from tenantry.contract.months import month_of
 from tenantry.contract.usage import (
     TOTAL_ROUTE,
@@ -13,11 +11,10 @@ from tenantry.contract.usage import (
     usage_bucket_key,
     usage_index_key,
 )
+from tests.harness.redis_cluster import SyncRedis
 
 
-def record_requests(
-    client: redis.Redis, tenant_id: str, minute: int, route: str, count: int
-) -> None:
+def record_requests(client: SyncRedis, tenant_id: str, minute: int, route: str, count: int) -> None:
     """`count` admitted requests on `route` in the minute starting at `minute`."""
     bucket = usage_bucket_key(tenant_id, minute)
     with client.pipeline(transaction=False) as pipe:

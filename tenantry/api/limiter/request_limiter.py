@@ -4,19 +4,17 @@ Per request the admission layer calls `RequestLimiter.decide(spec)`; the answer 
 - the refusal cache: a tenant that was refused is refused again in process until its retry
   time, without a Redis call, so a client hammering past its limit costs Redis nothing;
 - Redis: one script call (`script`) applies the rates, counts the quota and meters usage;
-- the tenant's `failureMode` when Redis is unreachable: `open` admits, `closed` refuses with
-  503, `local` applies an in-process GCRA at the tenant's rate divided by the number of API
-  replicas. Admitted requests are then counted in `LocalUsage` and merged into Redis once it
-  is back. Without any Redis (`tenantry dev`) the in-process limiter is the limiter, quota
-  included.
+- the tenant's `failureMode` when Redis (on a cluster: the node serving the tenant) is
+  unreachable: `open` admits, `closed` refuses with 503, `local` applies an in-process GCRA
+  at the tenant's rate divided by the number of API replicas. Admitted requests are then
+  counted in `LocalUsage` and merged into Redis once it is back. Without any Redis
+  (`tenantry dev`) the in-process limiter is the limiter, quota included.
 """
 
 from __future__ import annotations
 
 import math
 import time
-
-import structlog
 
 from tenantry.api.limiter.decision import Decision
 from tenantry.api.limiter.in_process import InProcessLimits
@@ -29,10 +27,7 @@ from tenantry.contract.months import CurrentMonth
 from tenantry.contract.resources import FailureMode
 from tenantry.contract.usage import minute_of
 
-REDIS_RETRY_SECONDS = 0.5  # after a failure, requests skip Redis this long (no timeout each)
 CLOSED_RETRY_AFTER_SECONDS = 1
-
-log = structlog.get_logger("tenantry.api.limiter")
 
 
 class RequestLimiter:
@@ -53,11 +48,9 @@ class RequestLimiter:
         self._in_process = InProcessLimits(replicas)
         # (tenant, limit) → (refused until, violated policies, when the policy is full again)
         self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...], float]] = {}
-        self._redis_down_until = 0.0
         self._month = CurrentMonth()
         self._decision_series: dict[tuple[str, bool], list[float]] = {}
         self._calls: dict[tuple[str, str], ScriptCall] = {}  # (tenant, route) → this minute's
-        self.redis_healthy = redis is not None
 
     def forget(self) -> None:
         """Drop cached refusals and script calls (limits may have changed with a new
@@ -78,20 +71,13 @@ class RequestLimiter:
         if self._redis is None:
             decision = self._in_process.decide(spec, int(wall * 1_000_000), month, True)
             self._record_local(spec, decision, wall)
-        elif wall < self._redis_down_until:
-            decision = self._without_redis(spec, wall)
         else:
             try:
                 decision = decision_from_reply(await self._redis.run(self._call(spec, wall)))
-                if not self.redis_healthy:
-                    log.info("redis_available")
-                    self.redis_healthy = True
-            except (RedisUnavailableError, RedisReplyError) as error:
+            except (RedisUnavailableError, RedisReplyError):
+                # The connection logs a node that fails, and fails its callers at once for a
+                # moment after, so an outage costs no timeout per request.
                 self._metrics.redis_errors.labels("limiter").inc()
-                if self.redis_healthy:
-                    log.warning("redis_unavailable", error=str(error))
-                self.redis_healthy = False
-                self._redis_down_until = wall + REDIS_RETRY_SECONDS
                 decision = self._without_redis(spec, wall)
         decision.month_reset_s = math.ceil(month.ends_at - wall)
         if QUOTA_POLICY in decision.violated:

@@ -1,8 +1,9 @@
 """The limiter's Lua script (`limiter.lua`): its arguments, its reply, and how the limiter
 reaches Redis to run it.
 
-The script runs by SHA (`EVALSHA`); a Redis that does not know it (after a restart or
-`SCRIPT FLUSH`) answers `NOSCRIPT`, and the script is loaded and the call sent again.
+The script runs by SHA (`EVALSHA`); a Redis that does not know it (after a restart, a
+failover or `SCRIPT FLUSH`) answers `NOSCRIPT`, and the script is loaded on that node and the
+call sent again. Each call names its tenant's hash slot, which routes it on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tenantry.api.limiter.decision import Decision
 from tenantry.api.limiter.spec import QUOTA_POLICY, ROUTE_POLICY, TENANT_POLICY, LimitSpec
 from tenantry.api.redis_pipeline import PipelinedRedis, RedisReplyError, pack
 from tenantry.contract.usage import quota_key, usage_bucket_key
+from tenantry.redis_client import slot_of
 
 SCRIPT = files("tenantry.api.limiter").joinpath("limiter.lua").read_bytes()
 SCRIPT_SHA = hashlib.sha1(SCRIPT, usedforsecurity=False).hexdigest()
@@ -83,11 +85,13 @@ class ScriptCall:
     minute: int
     arguments: tuple[Any, ...]  # after the SHA, as `script_arguments` gives them
     packed: bytes  # the whole `EVALSHA` command, RESP-encoded
+    slot: int  # the hash slot of the tenant's keys
 
     @classmethod
     def build(cls, spec: LimitSpec, minute: int, month: str) -> ScriptCall:
         arguments = tuple(script_arguments(spec, minute, month))
-        return cls(minute, arguments, pack([b"EVALSHA", SCRIPT_SHA, *arguments]))
+        packed = pack([b"EVALSHA", SCRIPT_SHA, *arguments])
+        return cls(minute, arguments, packed, slot_of(spec.limiter_key))
 
 
 class ScriptRunner(Protocol):
@@ -99,18 +103,26 @@ class ScriptRunner(Protocol):
 
 
 class PipelinedScriptRunner:
-    """Script calls over the auto-pipelined connection (`tenantry.api.redis_pipeline`),
-    sent as the bytes encoded once a minute."""
+    """Script calls over the auto-pipelined client (`tenantry.api.redis_pipeline`), sent as
+    the bytes encoded once a minute, to the node serving the tenant's slot."""
 
-    def __init__(self, connection: PipelinedRedis) -> None:
-        self._connection = connection
+    def __init__(self, redis: PipelinedRedis) -> None:
+        self._redis = redis
 
     async def run(self, call: ScriptCall) -> Sequence[int]:
         try:
-            reply: Sequence[int] = await self._connection.send_packed(call.packed)
+            reply: Sequence[int] = await self._redis.send_packed(call.packed, call.slot)
         except RedisReplyError as error:
-            if not str(error).startswith("NOSCRIPT"):
+            reply = await self._recover(call, error)
+        return reply
+
+    async def _recover(self, call: ScriptCall, error: RedisReplyError) -> Sequence[int]:
+        """Follow a cluster's redirection, and load the script where it is missing."""
+        try:
+            reply: Sequence[int] = await self._redis.follow(call.packed, call.slot, error)
+        except RedisReplyError as failure:
+            if not str(failure).startswith("NOSCRIPT"):
                 raise
-            await self._connection.execute(b"SCRIPT", b"LOAD", SCRIPT)
-            reply = await self._connection.send_packed(call.packed)
+            await self._redis.execute(b"SCRIPT", b"LOAD", SCRIPT, slot=call.slot)
+            reply = await self._redis.request(call.packed, call.slot)
         return reply
