@@ -190,7 +190,7 @@ class _Node:
                     lambda: _Connection(loop, options.timeout, self),
                     self.host,
                     self.port,
-                    ssl=ssl.create_default_context() if options.tls else None,
+                    ssl=options.tls,
                 )
                 if options.password:
                     auth = [options.username, options.password]
@@ -221,15 +221,25 @@ class _Node:
 
 
 class _Options:
+    """What the URL says, read as redis-py reads it (`rediss://` for TLS, with its
+    `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` and `ssl_cert_reqs` query options)."""
+
     def __init__(self, url: str, timeout: float) -> None:
-        parsed = parse_url(url)
+        parsed: dict[str, Any] = dict(parse_url(url))
         self.host = str(parsed.get("host", "127.0.0.1"))
         self.port = int(parsed.get("port", 6379))
         self.db = int(parsed.get("db", 0))
         self.username: str | None = parsed.get("username")
         self.password: str | None = parsed.get("password")
-        self.tls = url.startswith("rediss://")
         self.timeout = timeout
+        self.tls: ssl.SSLContext | None = None
+        if url.startswith("rediss://"):
+            self.tls = ssl.create_default_context(cafile=parsed.get("ssl_ca_certs"))
+            if parsed.get("ssl_certfile"):
+                self.tls.load_cert_chain(parsed["ssl_certfile"], parsed.get("ssl_keyfile"))
+            if parsed.get("ssl_cert_reqs") == "none":
+                self.tls.check_hostname = False
+                self.tls.verify_mode = ssl.CERT_NONE
 
 
 class PipelinedRedis:

@@ -3,8 +3,9 @@ local `redis-server` and joined by `redis-cli --cluster create`, on free ports.
 
 Nodes keep their `nodes.conf` in their own folders, so a node that was killed can be started
 again and rejoin (as a replica of whoever took its slots). Data is never persisted, as on the
-single test Redis. Every node admits only an ACL user (the default user is off), so the
-clients' authentication is exercised by every test that runs on the cluster.
+single test Redis. Every node speaks only TLS (to clients, to its replica and on the cluster
+bus) and admits only an ACL user (the default user is off), so the clients' TLS and
+authentication are exercised by every test that runs on the cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 from redis.crc import key_slot
 
 from tests.harness.servers import SERVER_START_TIMEOUT, MissingServerBinaryError, RedisProcess
+from tests.harness.tls import TlsFiles, make_tls_files, redis_tls_options
 
 MASTERS = 3
 NODE_TIMEOUT_MS = 1000  # how long a master may be silent before its replica takes over
@@ -74,26 +76,44 @@ class RedisCluster:
     base_dir: Path
     nodes: list[RedisProcess] = field(default_factory=list)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
         """Any node's URL reaches the cluster: the first one's."""
-        return f"redis://{USER}:{self.password}@127.0.0.1:{self.nodes[0].port}/0"
+        assert self.tls is not None
+        return (
+            f"rediss://{USER}:{self.password}@127.0.0.1:{self.nodes[0].port}/0"
+            f"?ssl_ca_certs={self.tls.ca}"
+        )
 
     def client(self, port: int) -> redis.Redis:
         """A client of one node."""
-        return redis.Redis(port=port, username=USER, password=self.password, socket_timeout=5)
+        assert self.tls is not None
+        return redis.Redis(
+            port=port,
+            username=USER,
+            password=self.password,
+            socket_timeout=5,
+            ssl=True,
+            ssl_ca_certs=str(self.tls.ca),
+        )
 
     def node(self, port: int) -> RedisProcess:
         return next(node for node in self.nodes if node.port == port)
 
     def start(self) -> None:
+        self.tls = tls = make_tls_files(self.base_dir / "tls")
         for index in range(MASTERS * 2):
             folder = self.base_dir / f"node-{index}"
+            port = free_cluster_port()
             node = RedisProcess(
                 folder,
-                port=free_cluster_port(),
+                port=port,
                 options=(
+                    *redis_tls_options(port, tls),
+                    "--tls-cluster", "yes",
+                    "--tls-replication", "yes",
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
@@ -111,7 +131,8 @@ class RedisCluster:
             node.start()
             self.nodes.append(node)
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        create = [redis_cli(), "--user", USER, "--pass", self.password, "--no-auth-warning"]
+        create = [redis_cli(), "--tls", "--cacert", str(tls.ca)]
+        create += ["--user", USER, "--pass", self.password, "--no-auth-warning"]
         create += ["--cluster", "create", *addresses, "--cluster-replicas", "1"]
         result = subprocess.run(
             [*create, "--cluster-yes"],
