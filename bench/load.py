@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,9 +73,15 @@ def serve_app(
 
 
 def measure(
-    name: str, url: str, key: str, seconds: int, connections: int, pids: Sequence[int]
+    name: str,
+    url: str,
+    key: str | Sequence[str],
+    seconds: int,
+    connections: int,
+    pids: Sequence[int],
 ) -> Result:
-    """wrk against `url` (after a warm-up), and the CPU time the processes `pids` spent."""
+    """wrk against `url` (after a warm-up), and the CPU time the processes `pids` spent.
+    Several keys are sent in turn, one per request."""
     _wrk(url, key, 2, connections)
     before = sum(_cpu_seconds(pid) for pid in pids)
     output = _wrk(url, key, seconds, connections)
@@ -94,14 +101,29 @@ def measure(
     )
 
 
-def _wrk(url: str, key: str, seconds: int, connections: int) -> str:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-        "-H", f"X-API-Key: {key}", url,
-    ]  # fmt: skip
-    return subprocess.run(
-        command, capture_output=True, text=True, check=True, preexec_fn=_on_load_cpus
-    ).stdout
+def _wrk(url: str, key: str | Sequence[str], seconds: int, connections: int) -> str:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if isinstance(key, str):
+            command += ["-H", f"X-API-Key: {key}"]
+        else:
+            script.write(ROTATING_KEYS.replace("KEYS", ", ".join(f'"{k}"' for k in key)))
+            script.flush()
+            command += ["-s", script.name]
+        return subprocess.run(
+            [*command, url], capture_output=True, text=True, check=True, preexec_fn=_on_load_cpus
+        ).stdout
+
+
+# A wrk script that sends the keys in turn, one per request.
+ROTATING_KEYS = """
+local keys = {KEYS}
+local turn = 0
+request = function()
+  turn = turn % #keys + 1
+  return wrk.format(nil, nil, {["X-API-Key"] = keys[turn]})
+end
+"""
 
 
 def _latency_ms(text: str, percentile: str) -> float:

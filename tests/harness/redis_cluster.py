@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.crc import key_slot
@@ -76,44 +77,44 @@ class RedisCluster:
     base_dir: Path
     nodes: list[RedisProcess] = field(default_factory=list)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
+    with_tls: bool = True  # off: plain TCP (the benchmark, which measures routing alone)
     tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
         """Any node's URL reaches the cluster: the first one's."""
-        assert self.tls is not None
-        return (
-            f"rediss://{USER}:{self.password}@127.0.0.1:{self.nodes[0].port}/0"
-            f"?ssl_ca_certs={self.tls.ca}"
-        )
+        address = f"{USER}:{self.password}@127.0.0.1:{self.nodes[0].port}/0"
+        if self.tls is None:
+            return f"redis://{address}"
+        return f"rediss://{address}?ssl_ca_certs={self.tls.ca}"
 
     def client(self, port: int) -> redis.Redis:
         """A client of one node."""
-        assert self.tls is not None
+        tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls is not None else {}
+        )
         return redis.Redis(
-            port=port,
-            username=USER,
-            password=self.password,
-            socket_timeout=5,
-            ssl=True,
-            ssl_ca_certs=str(self.tls.ca),
+            port=port, username=USER, password=self.password, socket_timeout=5, **tls
         )
 
     def node(self, port: int) -> RedisProcess:
         return next(node for node in self.nodes if node.port == port)
 
     def start(self) -> None:
-        self.tls = tls = make_tls_files(self.base_dir / "tls")
+        tls = self.tls = make_tls_files(self.base_dir / "tls") if self.with_tls else None
         for index in range(MASTERS * 2):
             folder = self.base_dir / f"node-{index}"
             port = free_cluster_port()
+            encrypted = (
+                (*redis_tls_options(port, tls), "--tls-cluster", "yes", "--tls-replication", "yes")
+                if tls is not None
+                else ()
+            )
             node = RedisProcess(
                 folder,
                 port=port,
                 options=(
-                    *redis_tls_options(port, tls),
-                    "--tls-cluster", "yes",
-                    "--tls-replication", "yes",
+                    *encrypted,
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(folder / "nodes.conf"),
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
@@ -131,7 +132,7 @@ class RedisCluster:
             node.start()
             self.nodes.append(node)
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        create = [redis_cli(), "--tls", "--cacert", str(tls.ca)]
+        create = [redis_cli(), *(("--tls", "--cacert", str(tls.ca)) if tls else ())]
         create += ["--user", USER, "--pass", self.password, "--no-auth-warning"]
         create += ["--cluster", "create", *addresses, "--cluster-replicas", "1"]
         result = subprocess.run(
