@@ -196,7 +196,9 @@ class Settings(BaseSettings):
     platform_namespace: str = "tenantry-system"
     database_url: str = "sqlite+aiosqlite:///./.tenantry-dev/tenantry.db"
     redis_url: str | None = Field(
-        default=None, description="Redis for limits, usage and the broker; none in dev."
+        default=None,
+        description="Redis for limits, usage and (without `worker.broker_url`) the broker; "
+        "any node of a Redis or Valkey Cluster works too (found on first contact); none in dev.",
     )
     redis_timeout_seconds: float = Field(default=0.25, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
