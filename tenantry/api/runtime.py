@@ -53,7 +53,7 @@ class ApiRuntime:
         self.holder = RegistryHolder(on_swap=self._on_swap)
         self.usage = LocalUsage(settings.api.local_usage_max_entries, self.metrics)
         self.limiter = RequestLimiter(
-            scripts, replicas=settings.api.replicas, usage=self.usage, metrics=self.metrics
+            scripts, processes=settings.api.processes, usage=self.usage, metrics=self.metrics
         )
         self.refusals = (
             RefusalAudit(session_factory(engine), self.metrics.refusals_not_audited)

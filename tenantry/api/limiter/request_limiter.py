@@ -6,9 +6,9 @@ Per request the admission layer calls `RequestLimiter.decide(spec)`; the answer 
 - Redis: one script call (`script`) applies the rates, counts the quota and meters usage;
 - the tenant's `failureMode` when Redis is unreachable: `open` admits, `closed` refuses with
   503, `local` applies an in-process GCRA at the tenant's rate divided by the number of API
-  replicas. Admitted requests are then counted in `LocalUsage` and merged into Redis once it
-  is back. Without any Redis (`tenantry dev`) the in-process limiter is the limiter, quota
-  included.
+  processes (`api.processes`: replicas times workers). Admitted requests are then counted in
+  `LocalUsage` and merged into Redis once it is back. Without any Redis (`tenantry dev`) the
+  in-process limiter is the limiter, quota included.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ class RequestLimiter:
         self,
         redis: ScriptRunner | None,
         *,
-        replicas: int,
+        processes: int,
         usage: LocalUsage,
         metrics: ApiMetrics,
     ) -> None:
         self._redis = redis
         self._usage = usage
         self._metrics = metrics
-        self._in_process = InProcessLimits(replicas)
+        self._in_process = InProcessLimits(processes)
         # (tenant, limit) → (refused until, violated policies, when the policy is full again)
         self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...], float]] = {}
         self._redis_down_until = 0.0
