@@ -40,7 +40,7 @@ from tenantry.api.openapi import openapi_document
 from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_plugins
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
-from tenantry.api.runtime import ApiRuntime
+from tenantry.api.runtime import SHARED_GAUGES_INTERVAL_SECONDS, ApiRuntime
 from tenantry.api.server import Listeners
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
@@ -110,6 +110,8 @@ def create_app(
             tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
         if runtime.refusals is not None:
             tasks.append(asyncio.create_task(runtime.refusals.run(), name="refusal-audit"))
+        if runtime.metrics.shared is not None:
+            tasks.append(asyncio.create_task(_observe_forever(runtime), name="shared-gauges"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FIRST_REGISTRY_WAIT_SECONDS):
                 await runtime.registry_ready.wait()
@@ -239,6 +241,14 @@ def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     return restore
+
+
+async def _observe_forever(runtime: ApiRuntime) -> None:
+    """Keep this process's gauges in the pod's folder current for scrapes other processes
+    answer."""
+    while True:
+        runtime.observe()
+        await asyncio.sleep(SHARED_GAUGES_INTERVAL_SECONDS)
 
 
 async def _merge_usage_forever(runtime: ApiRuntime) -> None:

@@ -23,7 +23,7 @@ from tenantry.api.limiter.in_process import InProcessLimits
 from tenantry.api.limiter.local_usage import LocalUsage
 from tenantry.api.limiter.script import ScriptCall, ScriptRunner, decision_from_reply
 from tenantry.api.limiter.spec import QUOTA_POLICY, ROUTE_POLICY, TENANT_POLICY, LimitSpec
-from tenantry.api.metrics import ApiMetrics
+from tenantry.api.metrics import ApiMetrics, Cell
 from tenantry.api.redis_pipeline import RedisReplyError, RedisUnavailableError
 from tenantry.contract.months import CurrentMonth
 from tenantry.contract.resources import FailureMode
@@ -55,7 +55,7 @@ class RequestLimiter:
         self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...], float]] = {}
         self._redis_down_until = 0.0
         self._month = CurrentMonth()
-        self._decision_series: dict[tuple[str, bool], list[float]] = {}
+        self._decision_series: dict[tuple[str, bool], Cell] = {}
         self._calls: dict[tuple[str, str], ScriptCall] = {}  # (tenant, route) → this minute's
         self.redis_healthy = redis is not None
 
