@@ -41,7 +41,7 @@ from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_pl
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis
 from tenantry.api.runtime import SHARED_GAUGES_INTERVAL_SECONDS, ApiRuntime
-from tenantry.api.server import Listeners
+from tenantry.api.server import STARTUP_FAILURE, Listeners
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
 from tenantry.jobs.kinds import JobKindError, JobKinds
@@ -215,8 +215,14 @@ def app_from_environment() -> FastAPI:
 
 def listeners_from_environment() -> Listeners:
     """What `tenantry api` serves: the API app and the gateway check, each on its own
-    listener (`tenantry.api.server`)."""
-    return Listeners(app_from_environment())
+    listener (`tenantry.api.server`). An app that cannot be built (a setting it cannot use)
+    ends the process with uvicorn's start-up failure status, which tells the supervisor of
+    several processes to stop rather than start another that would fail alike."""
+    try:
+        return Listeners(app_from_environment())
+    except Exception:
+        log.exception("api_not_built")
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:

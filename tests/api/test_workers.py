@@ -198,3 +198,17 @@ def test_sigterm_drains_every_process_and_exits_zero(
         _wait_until_gone(children)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_app_that_cannot_be_built_stops_the_start_with_status_3(
+    tmp_path: Path, workers: str
+) -> None:
+    args = ["api", "--workers", workers, "--port", str(free_port())]
+    env = {"TENANTRY_DATABASE_URL": "nonsense://nowhere"}
+    with tenantry_process(
+        [*args, "--check-port", str(free_port())], env, tmp_path, tmp_path / "api.log"
+    ) as process:
+        # Not a restart loop: the supervisor gives up once a process could not start.
+        assert process.wait(timeout=60) == 3
+    assert '"event": "api_not_built"' in (tmp_path / "api.log").read_text()
