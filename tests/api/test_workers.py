@@ -200,6 +200,38 @@ def test_sigterm_drains_every_process_and_exits_zero(
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
 
 
+def test_a_replaced_process_leaves_the_live_gauges_and_keeps_its_counts(
+    tmp_path: Path, redis_url: str, database_url: str
+) -> None:
+    with api_workers(tmp_path, redis_url, database_url) as (url, process, key, folder):
+        deadline = time.monotonic() + 60
+        while len(workers := _children(process.pid) & _serving_pids(folder)) < 2:
+            assert time.monotonic() < deadline, "two processes never started"
+            time.sleep(0.05)
+        victim = min(workers)
+        live_gauges = folder / f"gauge_livesum_{victim}.db"
+        while not live_gauges.exists():  # each process writes its gauges every second
+            assert time.monotonic() < deadline, "the process never wrote its gauges"
+            time.sleep(0.05)
+        served = 0
+        while _served(folder, victim, "/v1/limits") == 0:  # until the victim served some
+            with httpx.Client(base_url=url) as client:
+                assert client.get("/v1/limits", headers=auth(key)).status_code == 200
+            served += 1
+            assert time.monotonic() < deadline, "the process never served"
+        os.kill(victim, signal.SIGKILL)  # no chance to tidy up after itself
+        while victim in _children(process.pid) or len(_serving_pids(folder) - {victim}) < 2:
+            assert time.monotonic() < deadline, "the process was never replaced"
+            time.sleep(0.05)
+        while live_gauges.exists():
+            assert time.monotonic() < deadline, "the dead process's live gauges stayed"
+            time.sleep(0.05)
+        assert _served(folder, victim, "/v1/limits") > 0  # its counts still add up
+        response = httpx.get(url + "/metrics")
+        route = (("method", "GET"), ("route", "/v1/limits"), ("status_class", "2xx"))
+        assert _samples(response.text)[("tenantry_api_requests_total", route)] == served
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_an_app_that_cannot_be_built_stops_the_start_with_status_3(
     tmp_path: Path, workers: str
