@@ -61,6 +61,11 @@ class ApiSettings(BaseModel):
         default=2.0, gt=0, description="The longest a request waits on the database."
     )
 
+    @property
+    def processes(self) -> int:
+        """API processes sharing a tenant's rate in `local` mode: each replica's workers."""
+        return self.replicas * self.workers
+
     @model_validator(mode="after")
     def _check_has_its_own_port(self) -> ApiSettings:
         if self.check_port == self.port:

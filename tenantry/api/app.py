@@ -40,8 +40,8 @@ from tenantry.api.openapi import openapi_document
 from tenantry.api.plugins import Plugin, PluginError, discover_plugins, mount_plugins
 from tenantry.api.problems import install_problem_handlers
 from tenantry.api.redis_pipeline import PipelinedRedis, RedisReplyError, RedisUnavailableError
-from tenantry.api.runtime import ApiRuntime
-from tenantry.api.server import Listeners
+from tenantry.api.runtime import SHARED_GAUGES_INTERVAL_SECONDS, ApiRuntime
+from tenantry.api.server import STARTUP_FAILURE, Listeners
 from tenantry.api.tracing import tracer_from_environment
 from tenantry.db.engine import create_engine
 from tenantry.jobs.kinds import JobKindError, JobKinds
@@ -112,6 +112,8 @@ def create_app(
             tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
         if runtime.refusals is not None:
             tasks.append(asyncio.create_task(runtime.refusals.run(), name="refusal-audit"))
+        if runtime.metrics.shared is not None:
+            tasks.append(asyncio.create_task(_observe_forever(runtime), name="shared-gauges"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FIRST_REGISTRY_WAIT_SECONDS):
                 await runtime.registry_ready.wait()
@@ -215,8 +217,14 @@ def app_from_environment() -> FastAPI:
 
 def listeners_from_environment() -> Listeners:
     """What `tenantry api` serves: the API app and the gateway check, each on its own
-    listener (`tenantry.api.server`)."""
-    return Listeners(app_from_environment())
+    listener (`tenantry.api.server`). An app that cannot be built (a setting it cannot use)
+    ends the process with uvicorn's start-up failure status, which tells the supervisor of
+    several processes to stop rather than start another that would fail alike."""
+    try:
+        return Listeners(app_from_environment())
+    except Exception:
+        log.exception("api_not_built")
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def _drain_on_sigterm(runtime: ApiRuntime) -> Callable[[], None]:
@@ -248,6 +256,14 @@ async def _first_contact(pipelined: PipelinedRedis) -> None:
     (one node or a cluster, and the cluster's slot map); a Redis that is away is met later."""
     with contextlib.suppress(RedisUnavailableError, RedisReplyError):
         await pipelined.execute(b"PING")
+
+
+async def _observe_forever(runtime: ApiRuntime) -> None:
+    """Keep this process's gauges in the pod's folder current for scrapes other processes
+    answer."""
+    while True:
+        runtime.observe()
+        await asyncio.sleep(SHARED_GAUGES_INTERVAL_SECONDS)
 
 
 async def _merge_usage_forever(runtime: ApiRuntime) -> None:

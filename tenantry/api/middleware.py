@@ -28,7 +28,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.api.context import RequestContext
-from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, status_class
+from tenantry.api.metrics import KNOWN_METHODS, UNMATCHED_ROUTE, Cell, status_class
 from tenantry.api.problems import (
     INTERNAL_ERROR,
     ORIGIN_NOT_ALLOWED,
@@ -81,7 +81,7 @@ class ApiMiddleware:
         self.access_log = runtime.access_log
         self.tracer = runtime.tracer
         self.latency = runtime.metrics.latency
-        self._series: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
+        self._series: dict[tuple[str, str, str], tuple[Cell, Cell]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -76,6 +76,5 @@ async def startupz(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     runtime = _runtime(request)
-    runtime.metrics.registry_age.set(runtime.holder.age_seconds())
-    runtime.metrics.registry_rejected.set(runtime.holder.rejected)
+    runtime.observe()
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,11 +28,14 @@ from tenantry.api.refusals import RefusalAudit
 from tenantry.contract.registry import Registry
 from tenantry.db.engine import session_factory
 from tenantry.db.migrate import is_at_head
+from tenantry.multiprocess_metrics import multiprocess_dir
 from tenantry.redis_client import RedisConnector
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
 
 log = structlog.get_logger("tenantry.api")
+
+SHARED_GAUGES_INTERVAL_SECONDS = 1.0
 
 
 class ApiRuntime:
@@ -49,12 +52,14 @@ class ApiRuntime:
         self.engine = engine
         self.redis = redis
         self.tracer = tracer
-        self.metrics = ApiMetrics(tenant_label=settings.api.tenant_metrics_label)
+        self.metrics = ApiMetrics(
+            tenant_label=settings.api.tenant_metrics_label, shared=multiprocess_dir()
+        )
         self.access_log = AccessLog(sys.stdout)
         self.holder = RegistryHolder(on_swap=self._on_swap)
         self.usage = LocalUsage(settings.api.local_usage_max_entries, self.metrics)
         self.limiter = RequestLimiter(
-            scripts, replicas=settings.api.replicas, usage=self.usage, metrics=self.metrics
+            scripts, processes=settings.api.processes, usage=self.usage, metrics=self.metrics
         )
         self.refusals = (
             RefusalAudit(session_factory(engine), self.metrics.refusals_not_audited)
@@ -94,6 +99,14 @@ class ApiRuntime:
         )
         for product, lost in registry.product_routes.conflicts.items():
             log.warning("product_routes_conflict", product=product, routes=list(lost))
+
+    def observe(self) -> None:
+        """Set the gauges read from this process's state: when scraped and, with several
+        processes, every `SHARED_GAUGES_INTERVAL_SECONDS` (the scrape reaches only one)."""
+        metrics = self.metrics
+        metrics.registry_age.set(self.holder.age_seconds())
+        metrics.registry_rejected.set(self.holder.rejected)
+        metrics.usage_held.set(self.usage.held)
 
     # --- probes ------------------------------------------------------------------------
 

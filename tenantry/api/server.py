@@ -5,6 +5,10 @@ The API's port serves Tenantry's routes and the plug-ins'; the gateway check's p
 the API's port, can never reach it. Both sockets belong to one server (and, with
 `api.workers > 1`, to every worker process), which hands each request to the app the
 socket it arrived on belongs to: one lifespan, one runtime, one graceful shutdown.
+
+With several worker processes, uvicorn's supervisor forwards SIGTERM to each, each drains
+as one process does, and `Supervisor` tells prometheus_client when one has exited (its
+live gauges leave the pod's sums).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import sys
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client.multiprocess import mark_process_dead
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
 from tenantry.api.middleware import ApiMiddleware
 from tenantry.api.runtime import ApiRuntime
+from tenantry.multiprocess_metrics import multiprocess_dir
 from tenantry.settings import ApiSettings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit status when the app fails to start
@@ -66,12 +72,58 @@ def serve(app: str | ASGIApp, api: ApiSettings, *, factory: bool = False) -> Non
     if api.check_port is not None:
         sockets.append(_bind(api.host, api.check_port))
     if config.workers > 1:
-        Multiprocess(config, sockets=sockets).run()
+        supervisor = Supervisor(config, sockets=sockets)
+        supervisor.run()
+        if supervisor.failed_to_start:
+            sys.exit(STARTUP_FAILURE)
         return
     server = uvicorn.Server(config)
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, which also marks each exited one dead for
+    prometheus_client, whether it was replaced (it hung, crashed, or reached
+    `api.limit_max_requests`) or the pod is stopping; and exits with uvicorn's start-up
+    failure status when a worker could not start, as one process does."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self._running: set[int] = set()
+        self.failed_to_start = False
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self._mark_exited()
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        self.failed_to_start = self.failed_to_start or any(
+            process.exitcode == STARTUP_FAILURE for process in self.processes
+        )
+        self._mark_exited()
+
+    def handle_signals(self) -> None:
+        super().handle_signals()  # SIGHUP and SIGTTOU replace or retire workers
+        self._mark_exited()
+
+    def join_all(self) -> None:
+        super().join_all()
+        self._mark_exited()
+
+    def _mark_exited(self) -> None:
+        alive = {
+            process.pid
+            for process in self.processes
+            if process.pid is not None and process.exitcode is None
+        }
+        folder = multiprocess_dir()
+        if folder is not None:
+            for pid in self._running - alive:
+                mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+        self._running = alive
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -6,12 +6,11 @@ Celery is imported inside the commands, so `tenantry --help` stays fast.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tenantry.multiprocess_metrics import prepare_multiprocess_dir
 from tenantry.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -25,12 +24,6 @@ worker_app = typer.Typer(
 probe_app = typer.Typer(help="Exec probes for Kubernetes: exit 0 when healthy.")
 worker_app.add_typer(probe_app, name="probe")
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
-
-
-def _prepare_process() -> None:
-    """Environment prometheus_client reads when first imported."""
-    # Prefork children write metrics to files the main process serves together.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tenantry-metrics-"))
 
 
 @worker_app.callback()
@@ -52,7 +45,9 @@ def worker(
     """Run the worker until SIGTERM."""
     if context.invoked_subcommand is not None:
         return
-    _prepare_process()
+    # Before prometheus_client is imported: prefork children write metrics to files the main
+    # process serves together.
+    prepare_multiprocess_dir("tenantry-worker-metrics-")
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 

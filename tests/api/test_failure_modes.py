@@ -108,16 +108,31 @@ async def test_fail_local_limits_in_process_at_the_replicas_share(
         assert api.runtime.usage.held == 5
 
 
-async def test_fail_local_divides_the_rate_by_the_replica_count(
-    serve_api: ServeApi, database_url: str, own_redis: RedisProcess
+@pytest.mark.parametrize(
+    ("replicas", "workers", "admitted"),
+    [
+        (2, 1, 3),  # each of 2 replicas: 30/min, burst 2
+        (1, 2, 3),  # each of 2 processes of one replica: the same share
+        (2, 2, 2),  # each of 4 processes: 15/min, burst 1
+    ],
+)
+async def test_fail_local_divides_the_rate_by_replicas_times_workers(
+    serve_api: ServeApi,
+    database_url: str,
+    own_redis: RedisProcess,
+    replicas: int,
+    workers: int,
+    admitted: int,
 ) -> None:
-    async with serve_api(database_url=database_url, redis_url=own_redis.url, replicas=2) as api:
-        key = api.key("loco")  # 60/min, burst 4 → each of 2 replicas: 30/min, burst 2
+    async with serve_api(
+        database_url=database_url, redis_url=own_redis.url, replicas=replicas, workers=workers
+    ) as api:
+        key = api.key("loco")  # 60/min, burst 4
         own_redis.kill()
         statuses = [
             (await api.client.get("/v1/limits", headers=auth(key))).status_code for _ in range(5)
         ]
-        assert statuses == [200] * 3 + [429] * 2
+        assert statuses == [200] * admitted + [429] * (5 - admitted)
 
 
 async def test_a_hung_redis_costs_a_short_timeout_not_a_stuck_request(

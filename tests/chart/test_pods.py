@@ -203,3 +203,25 @@ def test_the_local_limiter_shares_a_rate_among_the_api_floor(chart: Chart) -> No
     (platform,) = prod.of_kind("ApiPlatform")
     replicas = _env(_container(prod, "api"))["TENANTRY_API__REPLICAS"]
     assert int(replicas) == platform["spec"]["api"]["minReplicas"] == 3
+
+
+def test_api_processes_share_their_metrics_on_an_in_memory_volume(chart: Chart) -> None:
+    several = chart.render("--set", "api.workers=3")
+    api = _container(several, "api")
+    env = _env(api)
+    assert env["TENANTRY_API__WORKERS"] == "3"
+    folder = env["PROMETHEUS_MULTIPROC_DIR"]
+    mounts = {mount["mountPath"]: mount["name"] for mount in api["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec(several.component("api"))["volumes"]}
+    assert volumes[mounts[folder]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Mi"}
+    assert api["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("values", ["minimal", "prod"])
+def test_one_api_process_keeps_its_metrics_in_memory(chart: Chart, values: str) -> None:
+    rendered = chart.values_set(values)
+    api = _container(rendered, "api")
+    assert _env(api)["TENANTRY_API__WORKERS"] == "1"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in _env(api)
+    volumes = [volume["name"] for volume in pod_spec(rendered.component("api"))["volumes"]]
+    assert volumes == ["tmp"]

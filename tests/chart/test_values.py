@@ -88,6 +88,9 @@ def test_a_settings_change_rolls_every_pod_and_an_unrelated_change_rolls_none(
             "envoyGateway.securityPolicy.failClosed=true",
             "at '/envoyGateway/securityPolicy': additional properties 'failClosed' not allowed",
         ),
+        ("api.workers=0", "at '/api/workers': minimum: got 0, want 1"),
+        ("api.wokers=2", "at '/api': additional properties 'wokers' not allowed"),
+        ("api.metricsDirSizeLimit=lots", "at '/api/metricsDirSizeLimit'"),
     ],
 )
 def test_the_schema_refuses_typos_and_clear_credentials_naming_the_key(

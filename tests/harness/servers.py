@@ -12,6 +12,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -201,6 +202,16 @@ class RedisProcess:
             self._process.kill()
             self._process.wait(timeout=10)
             self._process = None
+
+    @contextmanager
+    def hung(self) -> Iterator[None]:
+        """Paused (SIGSTOP): connections stay open and commands wait, as on a hung server."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self._process.pid, signal.SIGCONT)
 
     def remove(self) -> None:
         self.stop()

@@ -201,6 +201,11 @@ checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .r
   mountPath: /tmp
 {{- end -}}
 
+{{/* The API processes' shared metrics folder (PROMETHEUS_MULTIPROC_DIR), with workers > 1. */}}
+{{- define "tenantry.apiMetricsDir" -}}
+/run/tenantry/metrics
+{{- end -}}
+
 {{/* Guards of values the schema cannot express, failing the render with a message. */}}
 {{- define "tenantry.validate" -}}
 {{- $api := .Values.api -}}

@@ -14,19 +14,19 @@ from tenantry.contract.policy import GcraParams, gcra_decide
 
 @dataclass
 class InProcessLimits:
-    replicas: int
+    processes: int  # sharing each tenant's rate: 1 alone, every API process in `local` mode
     tats: dict[tuple[str, str], int] = field(default_factory=dict)
     quota_used: dict[tuple[str, str], int] = field(default_factory=dict)
     _scaled: dict[GcraParams, GcraParams] = field(default_factory=dict)
 
     def scale(self, params: GcraParams) -> GcraParams:
-        """Each of N replicas gets 1/N of the rate and of the burst."""
-        if self.replicas == 1:
+        """Each of N processes gets 1/N of the rate and of the burst."""
+        if self.processes == 1:
             return params
         scaled = self._scaled.get(params)
         if scaled is None:
-            interval = params.emission_interval_us * self.replicas
-            burst = params.burst_tolerance_us // params.emission_interval_us // self.replicas
+            interval = params.emission_interval_us * self.processes
+            burst = params.burst_tolerance_us // params.emission_interval_us // self.processes
             scaled = self._scaled[params] = GcraParams(interval, interval * burst)
         return scaled
 

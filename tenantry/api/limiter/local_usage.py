@@ -29,8 +29,7 @@ class LocalUsage:
         self._max_entries = max_entries
         self._metrics = metrics
         self._counts: dict[tuple[str, int, str], int] = {}
-        self.held = 0
-        metrics.usage_held.set_function(lambda: self.held)  # read when scraped
+        self.held = 0  # the gauge `tenantry_api_usage_held_locally` (`ApiRuntime.observe`)
 
     def add(self, tenant_id: str, minute: int, route: str, count: int = 1) -> bool:
         if not self._store((tenant_id, minute, route), count):

@@ -6,9 +6,10 @@ Per request the admission layer calls `RequestLimiter.decide(spec)`; the answer 
 - Redis: one script call (`script`) applies the rates, counts the quota and meters usage;
 - the tenant's `failureMode` when Redis (on a cluster: the node serving the tenant) is
   unreachable: `open` admits, `closed` refuses with 503, `local` applies an in-process GCRA
-  at the tenant's rate divided by the number of API replicas. Admitted requests are then
-  counted in `LocalUsage` and merged into Redis once it is back. Without any Redis
-  (`tenantry dev`) the in-process limiter is the limiter, quota included.
+  at the tenant's rate divided by the number of API processes (`api.processes`: replicas
+  times workers). Admitted requests are then counted in `LocalUsage` and merged into Redis
+  once it is back. Without any Redis (`tenantry dev`) the in-process limiter is the
+  limiter, quota included.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tenantry.api.limiter.in_process import InProcessLimits
 from tenantry.api.limiter.local_usage import LocalUsage
 from tenantry.api.limiter.script import ScriptCall, ScriptRunner, decision_from_reply
 from tenantry.api.limiter.spec import QUOTA_POLICY, ROUTE_POLICY, TENANT_POLICY, LimitSpec
-from tenantry.api.metrics import ApiMetrics
+from tenantry.api.metrics import ApiMetrics, Cell
 from tenantry.api.redis_pipeline import RedisReplyError, RedisUnavailableError
 from tenantry.contract.months import CurrentMonth
 from tenantry.contract.resources import FailureMode
@@ -38,18 +39,18 @@ class RequestLimiter:
         self,
         redis: ScriptRunner | None,
         *,
-        replicas: int,
+        processes: int,
         usage: LocalUsage,
         metrics: ApiMetrics,
     ) -> None:
         self._redis = redis
         self._usage = usage
         self._metrics = metrics
-        self._in_process = InProcessLimits(replicas)
+        self._in_process = InProcessLimits(processes)
         # (tenant, limit) → (refused until, violated policies, when the policy is full again)
         self._denied: dict[tuple[str, str], tuple[float, tuple[str, ...], float]] = {}
         self._month = CurrentMonth()
-        self._decision_series: dict[tuple[str, bool], list[float]] = {}
+        self._decision_series: dict[tuple[str, bool], Cell] = {}
         self._calls: dict[tuple[str, str], ScriptCall] = {}  # (tenant, route) → this minute's
 
     def forget(self) -> None:
