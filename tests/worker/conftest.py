@@ -168,3 +168,12 @@ class Harness:
 @pytest.fixture
 def harness(sessions: async_sessionmaker[AsyncSession], holder: RegistryHolder) -> Harness:
     return Harness(sessions, holder, fast_settings())
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Each broker Tenantry runs its jobs on: the session's Redis, then its RabbitMQ."""
+    if request.param == "redis":
+        return redis_url
+    url: str = request.getfixturevalue("rabbitmq_url")
+    return url
