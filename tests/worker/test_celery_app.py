@@ -23,6 +23,7 @@ from tenantry.jobs.broker import (
 )
 from tenantry.jobs.queueing import JobMessage, PublishError
 from tenantry.settings import Settings, WorkerSettings
+from tenantry.worker.broker_status import BrokerUnreachableError, broker_status
 from tenantry.worker.celery_app import create_celery
 from tests.harness.servers import free_port
 from tests.worker.conftest import wait_for
@@ -70,6 +71,37 @@ async def test_on_rabbitmq_a_job_goes_to_the_priority_queue_with_its_tiers_prior
         AMQP_PRIORITIES["jobs.low"],
         AMQP_PRIORITIES["jobs.low"],
     ]
+
+
+async def test_the_queue_depths_count_the_waiting_jobs_on_either_broker(broker_url: str) -> None:
+    settings = Settings(redis_url=broker_url, worker=WorkerSettings(broker_url=broker_url))
+    publisher = CeleryPublisher(create_celery(settings))
+    for queue in ("jobs.high", "jobs.default", "jobs.default"):
+        await publisher.publish(JobMessage(job_id=uuid.uuid4(), attempt=0, queue=queue))
+    status = broker_status(broker_url, timeout_seconds=2)
+    try:
+        queues = publisher.queues.observed
+        depths = dict(zip(queues, status.depths(queues), strict=True))
+    finally:
+        status.close()
+    expected = (
+        {"jobs": 3, "jobs.dead": 0}
+        if publisher.queues.amqp
+        else {"maintenance": 0, "jobs.high": 1, "jobs.default": 2, "jobs.low": 0}
+    )
+    assert depths == expected
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_an_unreachable_broker_fails_the_depths_and_the_ping(scheme: str) -> None:
+    port = free_port()
+    url = f"{scheme}://127.0.0.1:{port}/" + ("0" if scheme == "redis" else "")
+    status = broker_status(url, timeout_seconds=1)
+    with pytest.raises(BrokerUnreachableError):
+        status.ping()
+    with pytest.raises(BrokerUnreachableError):
+        status.depths(["jobs"])
+    status.close()
 
 
 @pytest.mark.parametrize("scheme", ["redis", "amqp"])
