@@ -13,7 +13,11 @@ Two brokers, one precedence: housekeeping first, then jobs by their tier's prior
   priority queue, `jobs` (`x-max-priority`), each with its tier's message priority; with
   the worker's prefetch of one message per process, the broker hands out the highest
   priority waiting. A message the worker refuses (an unknown task, a malformed body) is
-  dead-lettered to `jobs.dead` instead of being dropped.
+  dead-lettered to `jobs.dead` instead of being dropped. A worker holds a delayed message
+  unacknowledged until it is due, and RabbitMQ closes the channel of a consumer that holds one
+  past its `consumer_timeout`: a retry delayed longer than `worker.retry_max_seconds` (only a
+  receiver's Retry-After asks for that) is not published, and the outbox sweep sends it from
+  PostgreSQL once it is due.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.entity import Exchange, Queue
@@ -54,6 +59,9 @@ AMQP_PRIORITIES: Mapping[str, int] = {
     JobPriority.LOW.queue: 0,
 }
 RUN_JOB = "tenantry.run_job"
+log = structlog.get_logger("tenantry.jobs")
+# Celery configuration key: the longest countdown a message is published with (RabbitMQ only).
+COUNTDOWN_LIMIT = "tenantry_countdown_limit_seconds"
 # Publishing gives up fast when the broker is away: the outbox sends the job later.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
@@ -137,7 +145,9 @@ def broker_app(settings: Settings) -> Celery:
         task_queues=queues.declarations(),
         task_default_queue=AMQP_JOBS_QUEUE if queues.amqp else JobPriority.DEFAULT.queue,
     )
-    if not queues.amqp:
+    if queues.amqp:
+        app.conf[COUNTDOWN_LIMIT] = settings.worker.retry_max_seconds
+    else:
         app.conf.broker_transport_options = {
             "visibility_timeout": settings.worker.visibility_timeout_seconds,
             "queue_order_strategy": "priority",
@@ -151,8 +161,17 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.queues = broker_queues(str(app.conf.broker_url))
+        self.countdown_limit: float | None = app.conf.get(COUNTDOWN_LIMIT)
 
     def publish_now(self, message: JobMessage) -> None:
+        if self.countdown_limit is not None and message.countdown_seconds > self.countdown_limit:
+            # Left in PostgreSQL (queued, `available_at` ahead): the outbox sends it when due.
+            log.info(
+                "job.publish_deferred_to_outbox",
+                job_id=str(message.job_id),
+                countdown_seconds=message.countdown_seconds,
+            )
+            return
         try:
             self.app.send_task(
                 RUN_JOB,

@@ -86,16 +86,7 @@ class AmqpBrokerStatus:
                 connection.release()  # type: ignore[no-untyped-call]
                 raise BrokerUnreachableError(str(error)) from error
             self.connection = connection
-            self.declare_dead_letter_queue()
         return self.connection
-
-    def declare_dead_letter_queue(self) -> None:
-        """The queue the jobs queue dead-letters into must exist, or RabbitMQ drops what it
-        dead-letters; declaring it is idempotent."""
-        connection = self.connection
-        assert connection is not None
-        with connection.channel() as channel:  # type: ignore[no-untyped-call]
-            channel.queue_declare(queue=AMQP_DEAD_LETTER_QUEUE, durable=True, auto_delete=False)
 
     def _drop(self) -> None:
         if self.connection is not None:
@@ -107,9 +98,18 @@ class AmqpBrokerStatus:
         self._drop()
 
     def depths(self, queues: Sequence[str]) -> list[int]:
+        """Also declares `jobs.dead` on each new connection: the jobs queue dead-letters into
+        it, and RabbitMQ drops what it dead-letters to a queue that does not exist (declaring
+        an existing queue changes nothing)."""
+        fresh = self.connection is None
         connection = self._connected()
         counts = []
         try:
+            if fresh:
+                with connection.channel() as channel:  # type: ignore[no-untyped-call]
+                    channel.queue_declare(
+                        queue=AMQP_DEAD_LETTER_QUEUE, durable=True, auto_delete=False
+                    )
             for queue in queues:
                 # A failed passive declare closes its channel: one channel per queue.
                 with connection.channel() as channel:  # type: ignore[no-untyped-call]

@@ -12,7 +12,9 @@ Delivery settings, and why:
   worker holding a delivery unacknowledged longer than that, and every message on it goes
   back to the queue. A worker holds a delivery for a job's whole run, and a retry's delay
   before it (Celery keeps a message with a countdown unacknowledged until it is due), so the
-  timeout must exceed the longest time limit plus `worker.retry_max_seconds` (checked here).
+  timeout must exceed the longest time limit plus `worker.retry_max_seconds` (checked here;
+  a longer delay, which only a receiver's Retry-After asks for, waits in PostgreSQL for the
+  outbox sweep instead: `tenantry.jobs.broker`).
 - Dead letters: PostgreSQL holds the dead-letter state (a job failed past `max_attempts`).
   A redelivered message never runs a job twice, whatever the broker: it claims its attempt
   only if the job still waits for that attempt, and is acknowledged as stale otherwise, so a

@@ -104,6 +104,21 @@ def test_an_unreachable_broker_fails_the_depths_and_the_ping(scheme: str) -> Non
     status.close()
 
 
+async def test_on_rabbitmq_a_retry_delayed_past_retry_max_waits_in_postgres_not_in_a_worker(
+    rabbitmq_url: str,
+) -> None:
+    """A worker would hold it unacknowledged past RabbitMQ's consumer_timeout; the outbox
+    sends it once it is due instead."""
+    publisher = CeleryPublisher(create_celery(rabbitmq_settings(rabbitmq_url, retry_max_seconds=5)))
+    for countdown in (3600.0, 5.0):
+        await publisher.publish(
+            JobMessage(
+                job_id=uuid.uuid4(), attempt=1, queue="jobs.default", countdown_seconds=countdown
+            )
+        )
+    assert len(amqp_messages(rabbitmq_url, AMQP_JOBS_QUEUE)) == 1
+
+
 @pytest.mark.parametrize("scheme", ["redis", "amqp"])
 async def test_an_unreachable_broker_is_a_publish_error_not_a_hang(scheme: str) -> None:
     port = free_port()
