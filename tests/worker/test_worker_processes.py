@@ -60,7 +60,17 @@ class Submitter:
         kinds = JobKinds.discover()
         publisher = CeleryPublisher(create_celery(settings, kinds))
         self.service = JobsService(self.sessions, kinds, publisher, settings.worker)
+        self.registry = registry
         self.tenant = registry.tenants[TENANT]
+
+    async def noop(self, tenant_id: str) -> uuid.UUID:
+        outcome = await self.service.submit(
+            self.registry.tenants[tenant_id],
+            JobSubmission(
+                kind="noop", payload={}, idempotency_key=uuid.uuid4().hex, actor="key:test"
+            ),
+        )
+        return outcome.job_id
 
     async def webhook(self, url: str) -> uuid.UUID:
         outcome = await self.service.submit(
@@ -151,6 +161,25 @@ async def test_broker_restarted_with_jobs_queued_loses_no_job(
                 assert f'tenantry_queue_depth{{queue="{queue}"}}' in scraped
     assert sorted(receiver.delivery_ids()) == sorted(str(j) for j in queued + later)
     await submitter.engine.dispose()
+
+
+async def test_a_high_tier_job_queued_behind_low_tier_ones_runs_first(
+    submitter: Submitter, database_url: str, redis_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    low = [await submitter.noop("team-b/initech") for _ in range(3)]  # tier free: jobs.low
+    high = await submitter.noop("team-a/globex")  # tier enterprise: jobs.high
+    env = worker_env(
+        tmp_path,
+        database_url,
+        redis_url,
+        broker_env(broker_url) | {"TENANTRY_WORKER__CONCURRENCY": "1"},
+    )
+    with running_worker(tmp_path, env):
+        await submitter.wait_all([*low, high], JobStatus.SUCCEEDED, within=30)
+    high_started = (await submitter.job(high)).started_at
+    low_started = [(await submitter.job(job_id)).started_at for job_id in low]
+    assert high_started is not None
+    assert all(started is not None and high_started < started for started in low_started)
 
 
 async def test_sigterm_lets_the_running_job_finish(
