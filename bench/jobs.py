@@ -26,17 +26,18 @@ from pathlib import Path
 
 import httpx
 import redis
+from celery import Celery
 from sqlalchemy import func, select
 
 from bench.jobs_celery import DONE_KEY, FIRST_KEY, LAST_KEY, QUEUE
-from bench.jobs_celery import app as plain_app
 from tenantry.api.app import create_app
 from tenantry.contract.registry import Registry, TenantEntry
+from tenantry.contract.resources import JobPriority
 from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_key
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.migrate import upgrade
 from tenantry.db.tables import Job, JobStatus
-from tenantry.jobs.broker import CeleryPublisher
+from tenantry.jobs.broker import CeleryPublisher, broker_queues
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.service import JobsService, JobSubmission
 from tenantry.redis_client import RedisConnector
@@ -76,11 +77,18 @@ def _wait(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
-    """Plain Celery's tasks per second: draining a full queue, and sent-to-done."""
-    env = {**os.environ, "BENCH_BROKER_URL": broker}
-    counter = redis.Redis.from_url(broker)
-    plain_app.conf.broker_url = broker
+def plain_celery(
+    broker: str, jobs: int, counter_url: str | None = None, *, sent_to_done: bool = True
+) -> tuple[float, float]:
+    """Plain Celery's tasks per second: draining a full queue, and sent-to-done (0 when not
+    `sent_to_done`). The tasks count themselves in the Redis of `counter_url` (the broker's
+    by default)."""
+    counter_url = counter_url or broker
+    env = {**os.environ, "BENCH_BROKER_URL": broker, "BENCH_COUNTER_URL": counter_url}
+    counter = redis.Redis.from_url(counter_url)
+    counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
+    plain_app = Celery("bench-sender", broker=broker)
+    plain_app.conf.task_default_queue = QUEUE
     for _ in range(jobs):  # a full queue before the worker starts
         plain_app.send_task("bench.noop", queue=QUEUE)
     worker = subprocess.Popen(
@@ -97,6 +105,8 @@ def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
         _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery drain")
         first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
         drain = (jobs - 1) / (last - first)
+        if not sent_to_done:
+            return drain, 0.0
         counter.delete(DONE_KEY)
         started = time.perf_counter()
         for _ in range(jobs):
@@ -110,7 +120,7 @@ def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
 
 
 def worker_env(work: Path, settings: Settings) -> dict[str, str]:
-    return {
+    env = {
         **os.environ,
         "TENANTRY_DATABASE_URL": settings.database_url,
         "TENANTRY_REDIS_URL": settings.redis_url or "",
@@ -121,6 +131,9 @@ def worker_env(work: Path, settings: Settings) -> dict[str, str]:
         "TENANTRY_WORKER__HEARTBEAT_FILE": str(work / "heartbeat"),
         "TENANTRY_WORKER__METRICS_PORT": str(free_port()),
     }
+    if settings.worker.broker_url:
+        env["TENANTRY_WORKER__BROKER_URL"] = settings.worker.broker_url
+    return env
 
 
 async def _succeeded(sessions: object, jobs: int) -> int:
@@ -133,8 +146,9 @@ async def _succeeded(sessions: object, jobs: int) -> int:
 
 
 def start_worker(work: Path, settings: Settings) -> subprocess.Popen[bytes]:
+    queue = broker_queues(settings).route(JobPriority.DEFAULT.queue)["queue"]
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "tenantry"), "worker", "--queues=jobs.default"],
+        [str(Path(sys.executable).parent / "tenantry"), "worker", f"--queues={queue}"],
         env=worker_env(work, settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -106,13 +106,21 @@ class WorkerSettings(BaseModel):
     usage_flush_interval_seconds: float = Field(default=30.0, gt=0)
     metrics_port: int = Field(default=9091, ge=1, le=65535)
     broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to `redis_url`."
+        default=None,
+        description="Celery broker: `redis://` or `amqp://` (RabbitMQ); defaults to `redis_url`.",
     )
     visibility_timeout_seconds: int = Field(
         default=3600,
         ge=10,
         description="Redis broker redelivery of unacknowledged messages; must exceed the "
         "longest job time limit or a running job would be delivered twice.",
+    )
+    broker_consumer_timeout_seconds: int = Field(
+        default=1800,
+        ge=10,
+        description="RabbitMQ broker's `consumer_timeout` (its default: 30 minutes), as "
+        "configured on the broker: it must exceed the longest job time limit plus "
+        "`retry_max_seconds`, or a running job would be delivered twice.",
     )
     soft_shutdown_timeout_seconds: float = Field(
         default=20.0,

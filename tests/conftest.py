@@ -1,5 +1,5 @@
-"""Fixtures every part's tests share: real PostgreSQL, real Redis and Redis Cluster, the helm
-binary."""
+"""Fixtures every part's tests share: real PostgreSQL, Redis, a Redis Cluster and RabbitMQ,
+the helm binary."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from amqp.exceptions import NotFound
+from kombu.connection import Connection
 from sqlalchemy.engine import URL, make_url
 
 from tenantry.db.migrate import upgrade
+from tenantry.jobs.broker import AMQP_DEAD_LETTER_QUEUE, AMQP_JOBS_QUEUE
+from tests.harness.rabbitmq import RabbitMQProcess
 from tests.harness.redis_cluster import RedisCluster, sync_client
 from tests.harness.servers import (
     MissingServerBinaryError,
@@ -147,6 +151,53 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A Redis of the test's own, which the test may stop, kill and start again."""
     server = RedisProcess(tmp_path / "redis")
+    try:
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's RabbitMQ: `TENANTRY_TEST_BROKER_URL`, or one node started for the run."""
+    given = os.environ.get("TENANTRY_TEST_BROKER_URL")
+    if given:
+        yield given
+        return
+    server = RabbitMQProcess(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    try:
+        yield server.url
+    finally:
+        server.remove()
+
+
+def purge_broker_queues(url: str) -> None:
+    """Tenantry's queues emptied. Not deleted: kombu's pool of connections, shared by every
+    Celery app of the process, remembers what it declared, and would not declare again."""
+    with Connection(url) as connection:  # type: ignore[no-untyped-call]
+        for queue in (AMQP_JOBS_QUEUE, AMQP_DEAD_LETTER_QUEUE):
+            # A queue not declared yet closes its channel: one channel per queue.
+            with connection.channel() as channel, contextlib.suppress(NotFound):
+                channel.queue_purge(queue=queue)
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_server: str) -> str:
+    """The session's RabbitMQ, with Tenantry's queues empty."""
+    purge_broker_queues(rabbitmq_server)
+    return rabbitmq_server
+
+
+@pytest.fixture
+def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQProcess]:
+    """A RabbitMQ node of the test's own, which the test may stop, kill and start again."""
+    server = RabbitMQProcess(tmp_path / "rabbitmq")
     try:
         server.start()
     except MissingServerBinaryError as error:

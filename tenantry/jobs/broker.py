@@ -4,13 +4,32 @@ The API (and the outbox sweep) publish job messages through `broker_app`; the wo
 its Celery app on the same one (`tenantry.worker.celery_app`), adding its tasks, delivery
 settings and schedule. One declaration of the queues, the task name and the transport
 options, so a message sent is a message the worker understands.
+
+Two brokers, one precedence: housekeeping first, then jobs by their tier's priority.
+- Redis: a list per tier queue (`jobs.high`, `jobs.default`, `jobs.low`) and `maintenance`,
+  which kombu's Redis transport polls in the listed order (`queue_order_strategy`).
+- RabbitMQ: a broker delivers from several queues to one consumer in turn, whatever their
+  backlog, so queues cannot give one tier precedence there. All messages go to one durable
+  priority queue, `jobs` (`x-max-priority`), each with its tier's message priority; with
+  the worker's prefetch of one message per process, the broker hands out the highest
+  priority waiting. A message the worker refuses (an unknown task, a malformed body) is
+  dead-lettered to `jobs.dead` instead of being dropped. A worker holds a delayed message
+  unacknowledged until it is due, and RabbitMQ closes the channel of a consumer that holds one
+  past its `consumer_timeout`: a retry delayed longer than `worker.retry_max_seconds` (only a
+  receiver's Retry-After asks for that) is not published, and the outbox sweep sends it from
+  PostgreSQL once it is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
@@ -29,7 +48,20 @@ QUEUES = (
     JobPriority.DEFAULT.queue,
     JobPriority.LOW.queue,
 )
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+# RabbitMQ: one priority queue for everything, the tier queues' names become priorities.
+AMQP_JOBS_QUEUE = "jobs"
+AMQP_DEAD_LETTER_QUEUE = "jobs.dead"
+AMQP_PRIORITIES: Mapping[str, int] = {
+    MAINTENANCE_QUEUE: 3,
+    JobPriority.HIGH.queue: 2,
+    JobPriority.DEFAULT.queue: 1,
+    JobPriority.LOW.queue: 0,
+}
 RUN_JOB = "tenantry.run_job"
+log = structlog.get_logger("tenantry.jobs")
+# Celery configuration key: the longest countdown a message is published with (RabbitMQ only).
+COUNTDOWN_LIMIT = "tenantry_countdown_limit_seconds"
 # Publishing gives up fast when the broker is away: the outbox sends the job later.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
@@ -44,29 +76,82 @@ def broker_url(settings: Settings) -> str:
     return url
 
 
-def _queue(name: str) -> Queue:
+def is_amqp(url: str) -> bool:
+    return urlsplit(url).scheme in AMQP_SCHEMES
+
+
+def _queue(name: str, arguments: dict[str, Any] | None = None) -> Queue:
     """A queue with its own direct exchange and routing key, so a message sent to one queue
     lands in that queue only."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+    return Queue(name, exchange, routing_key=name, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class BrokerQueues:
+    """The broker's queues, and where a message meant for a tier queue goes."""
+
+    amqp: bool
+
+    @property
+    def consumed(self) -> tuple[str, ...]:
+        """The queues a worker consumes, the first one served first."""
+        return (AMQP_JOBS_QUEUE,) if self.amqp else QUEUES
+
+    @property
+    def observed(self) -> tuple[str, ...]:
+        """The queues whose depth the worker reports."""
+        return (AMQP_JOBS_QUEUE, AMQP_DEAD_LETTER_QUEUE) if self.amqp else QUEUES
+
+    def declarations(self) -> list[Queue]:
+        if not self.amqp:
+            return [_queue(name) for name in QUEUES]
+        return [
+            _queue(
+                AMQP_JOBS_QUEUE,
+                {
+                    "x-max-priority": max(AMQP_PRIORITIES.values()),
+                    # The default exchange routes by queue name, and always exists.
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": AMQP_DEAD_LETTER_QUEUE,
+                },
+            )
+        ]
+
+    def route(self, queue: str) -> dict[str, Any]:
+        """Celery's routing options for a message meant for the tier queue `queue`."""
+        if not self.amqp:
+            return {"queue": queue}
+        return {"queue": AMQP_JOBS_QUEUE, "priority": AMQP_PRIORITIES[queue]}
+
+
+def broker_queues(settings_or_url: Settings | str) -> BrokerQueues:
+    url = settings_or_url if isinstance(settings_or_url, str) else broker_url(settings_or_url)
+    return BrokerQueues(amqp=is_amqp(url))
 
 
 def broker_app(settings: Settings) -> Celery:
     """A Celery app that knows the broker and the queues: enough to publish job messages."""
     url = broker_url(settings)
+    queues = broker_queues(url)
     app = Celery("tenantry", broker=url, set_as_current=True)
     if urlsplit(url).scheme in ("redis", "rediss"):
         app.conf.broker_transport = TRANSPORT  # kombu's, surviving a broker drop mid-job
+    # No `task_default_priority`: it would take precedence over the routes' priorities.
     app.conf.update(
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[_queue(name) for name in QUEUES],
-        task_default_queue=JobPriority.DEFAULT.queue,
-        broker_transport_options={
+        task_queues=queues.declarations(),
+        task_default_queue=AMQP_JOBS_QUEUE if queues.amqp else JobPriority.DEFAULT.queue,
+    )
+    if queues.amqp:
+        app.conf[COUNTDOWN_LIMIT] = settings.worker.retry_max_seconds
+    else:
+        app.conf.broker_transport_options = {
             "visibility_timeout": settings.worker.visibility_timeout_seconds,
             "queue_order_strategy": "priority",
-        },
-    )
+        }
     return app
 
 
@@ -75,20 +160,30 @@ class CeleryPublisher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.queues = broker_queues(str(app.conf.broker_url))
+        self.countdown_limit: float | None = app.conf.get(COUNTDOWN_LIMIT)
 
     def publish_now(self, message: JobMessage) -> None:
+        if self.countdown_limit is not None and message.countdown_seconds > self.countdown_limit:
+            # Left in PostgreSQL (queued, `available_at` ahead): the outbox sends it when due.
+            log.info(
+                "job.publish_deferred_to_outbox",
+                job_id=str(message.job_id),
+                countdown_seconds=message.countdown_seconds,
+            )
+            return
         try:
             self.app.send_task(
                 RUN_JOB,
                 args=[str(message.job_id), message.attempt],
-                queue=message.queue,
+                **self.queues.route(message.queue),
                 countdown=message.countdown_seconds or None,
                 time_limit=message.time_limit_seconds,
                 headers={"request_id": message.request_id, "traceparent": message.trace_context},
                 retry=True,
                 retry_policy=PUBLISH_RETRY,
             )
-        except (KombuError, RedisError, OSError) as error:
+        except (KombuError, RedisError, AMQPError, OSError) as error:
             raise PublishError(f"broker refused job {message.job_id}: {error}") from error
 
     async def publish(self, message: JobMessage) -> None:

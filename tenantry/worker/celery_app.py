@@ -7,6 +7,20 @@ Delivery settings, and why:
   does not strand others behind it.
 - `visibility_timeout` above the longest job time limit: Redis redelivers an unacknowledged
   message after it, which must never happen to a job that is still running (checked here).
+- On RabbitMQ, the broker's `consumer_timeout` (30 minutes unless its operator changed it,
+  stated to Tenantry as `worker.broker_consumer_timeout_seconds`) closes the channel of a
+  worker holding a delivery unacknowledged longer than that, and every message on it goes
+  back to the queue. A worker holds a delivery for a job's whole run, and a retry's delay
+  before it (Celery keeps a message with a countdown unacknowledged until it is due), so the
+  timeout must exceed the longest time limit plus `worker.retry_max_seconds` (checked here;
+  a longer delay, which only a receiver's Retry-After asks for, waits in PostgreSQL for the
+  outbox sweep instead: `tenantry.jobs.broker`).
+- Dead letters: PostgreSQL holds the dead-letter state (a job failed past `max_attempts`).
+  A redelivered message never runs a job twice, whatever the broker: it claims its attempt
+  only if the job still waits for that attempt, and is acknowledged as stale otherwise, so a
+  message that keeps killing its worker is redelivered once per attempt until the job is
+  failed. What Celery cannot take at all (an unknown task, a malformed body) it rejects; on
+  RabbitMQ the jobs queue dead-letters such messages to `jobs.dead`, kept for inspection.
 - SIGTERM is Celery's warm shutdown: the worker stops taking messages, returns the ones it
   had reserved to the queue, lets running jobs finish and exits as soon as they have. Should
   the pod's grace period end first, the kill leaves those jobs' leases to lapse, and the outbox
@@ -22,25 +36,22 @@ import threading
 import uuid
 from typing import Any
 
-import redis
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from tenantry.jobs.broker import (
     MAINTENANCE_QUEUE,
-    QUEUES,
     RUN_JOB,
     CeleryPublisher,
     broker_app,
+    broker_queues,
     broker_url,
 )
 from tenantry.jobs.kinds import JobKinds
 from tenantry.settings import Settings
 from tenantry.worker import metrics
+from tenantry.worker.broker_status import BrokerUnreachableError, broker_status
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
 from tenantry.worker.probes import write_heartbeat
 from tenantry.worker.runtime import WorkerRuntime
@@ -55,24 +66,44 @@ TRIM_IDEMPOTENCY = "tenantry.trim_idempotency"
 _runtime: WorkerRuntime | None = None
 
 
+def check_redelivery_timeout(settings: Settings, kinds: JobKinds) -> None:
+    """Refuse a broker timeout that would deliver a running job's message a second time."""
+    worker = settings.worker
+    longest = kinds.longest_time_limit
+    if broker_queues(settings).amqp:
+        held = longest + worker.retry_max_seconds
+        if held >= worker.broker_consumer_timeout_seconds:
+            raise ValueError(
+                f"worker.broker_consumer_timeout_seconds "
+                f"({worker.broker_consumer_timeout_seconds}), RabbitMQ's consumer_timeout, "
+                f"must exceed the longest job time limit ({longest:g}s) plus "
+                f"worker.retry_max_seconds ({worker.retry_max_seconds:g}s): raise "
+                "consumer_timeout on the broker and state it here, or the broker would close "
+                "the channel of a running job and deliver it a second time"
+            )
+        return
+    if longest >= worker.visibility_timeout_seconds:
+        raise ValueError(
+            f"worker.visibility_timeout_seconds ({worker.visibility_timeout_seconds}) must "
+            f"exceed the longest job time limit ({longest:g}s), or a running "
+            "job would be delivered a second time"
+        )
+
+
 def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
     kinds = kinds or JobKinds.discover()
     worker = settings.worker
-    if kinds.longest_time_limit >= worker.visibility_timeout_seconds:
-        raise ValueError(
-            f"worker.visibility_timeout_seconds ({worker.visibility_timeout_seconds}) must "
-            f"exceed the longest job time limit ({kinds.longest_time_limit:g}s), or a running "
-            "job would be delivered a second time"
-        )
+    check_redelivery_timeout(settings, kinds)
     app = broker_app(settings)
+    maintenance = broker_queues(settings).route(MAINTENANCE_QUEUE)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_routes={
-            FLUSH_USAGE: {"queue": MAINTENANCE_QUEUE},
-            SWEEP_OUTBOX: {"queue": MAINTENANCE_QUEUE},
-            TRIM_IDEMPOTENCY: {"queue": MAINTENANCE_QUEUE},
+            FLUSH_USAGE: maintenance,
+            SWEEP_OUTBOX: maintenance,
+            TRIM_IDEMPOTENCY: maintenance,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -162,13 +193,11 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     interval = settings.worker.heartbeat_interval_seconds
     path = settings.worker.heartbeat_file
     url = broker_url(settings)
+    queues = broker_queues(url).observed
 
     def watch_broker(stop: threading.Event) -> None:
-        # One attempt per check: redis-py's default retries would add up to a second of
-        # backoff to every check while the broker is away, and stretch the heartbeat's gaps.
-        broker = redis.Redis.from_url(
-            url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
-        )
+        # One attempt per check, so the checks do not stretch the heartbeat's gaps.
+        broker = broker_status(url, timeout_seconds=1)
         broker_lost = False
         while not stop.wait(interval):
             if broker_lost:
@@ -176,17 +205,14 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
                 # heartbeat's age stays within one interval however long the check takes.
                 write_heartbeat(path)
             try:
-                with broker.pipeline(transaction=False) as pipe:
-                    for queue in QUEUES:
-                        pipe.llen(queue)
-                    depths = pipe.execute()
-            except (RedisError, OSError):
+                depths = broker.depths(queues)
+            except BrokerUnreachableError:
                 if not broker_lost:
                     write_heartbeat(path)
                 broker_lost = True
                 continue
             broker_lost = False
-            for queue, depth in zip(QUEUES, depths, strict=True):
+            for queue, depth in zip(queues, depths, strict=True):
                 metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
         broker.close()
 

@@ -51,7 +51,7 @@ def worker(
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from tenantry.jobs.broker import QUEUES
+    from tenantry.jobs.broker import broker_queues
 
     settings = get_settings()
     app = _celery_app(settings)
@@ -63,7 +63,7 @@ def worker(
             "worker",
             f"--loglevel={settings.log_level.upper()}",
             f"--concurrency={concurrency or settings.worker.concurrency}",
-            f"--queues={queues or ','.join(QUEUES)}",
+            f"--queues={queues or ','.join(broker_queues(settings).consumed)}",
             "--pool=prefork",
             "--without-gossip",
             "--without-mingle",

@@ -3,7 +3,8 @@ through the broker and every worker, and times out under load).
 
 - live: the heartbeat file, refreshed by the worker's own timer, is recent. A wedged worker
   stops refreshing it and is restarted.
-- ready: live, and the broker answers a PING. A worker cut off from its broker takes no work.
+- ready: live, and the broker answers (a Redis PING, or an AMQP connection that opens). A
+  worker cut off from its broker takes no work.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-import redis
+from tenantry.worker.broker_status import BrokerUnreachableError, broker_status
 
 
 def write_heartbeat(path: Path) -> None:
@@ -39,13 +40,11 @@ def check_live(path: Path, max_age_seconds: float) -> tuple[bool, str]:
 
 
 def check_broker(url: str, timeout_seconds: float = 2.0) -> tuple[bool, str]:
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
-    )
+    status = broker_status(url, timeout_seconds)
     try:
-        client.ping()
-    except (redis.RedisError, OSError) as error:
+        status.ping()
+    except BrokerUnreachableError as error:
         return False, f"broker unreachable: {error}"
     finally:
-        client.close()
+        status.close()
     return True, "broker answers"

@@ -157,7 +157,11 @@ def test_credentials_come_from_secrets_never_from_values(rendered: Rendered) -> 
     for workload in rendered.workloads():
         for container in _containers(pod_spec(workload)):
             for entry in container.get("env", []):
-                if entry["name"] in ("TENANTRY_DATABASE_URL", "TENANTRY_REDIS_URL"):
+                if entry["name"] in (
+                    "TENANTRY_DATABASE_URL",
+                    "TENANTRY_REDIS_URL",
+                    "TENANTRY_WORKER__BROKER_URL",
+                ):
                     assert "secretKeyRef" in entry["valueFrom"], entry
                 assert "://" not in str(entry.get("value", "")).replace("http://0.0.0.0", ""), entry
     for config in rendered.of_kind("ConfigMap"):

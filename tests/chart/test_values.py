@@ -85,6 +85,10 @@ def test_a_settings_change_rolls_every_pod_and_an_unrelated_change_rolls_none(
             "at '/envoyGateway/securityPolicy/targetRefs/0/namespace'",
         ),
         (
+            "worker.broker.url=amqp://u:p@rabbitmq:5672/",
+            "at '/worker/broker': additional properties 'url' not allowed",
+        ),
+        (
             "envoyGateway.securityPolicy.failClosed=true",
             "at '/envoyGateway/securityPolicy': additional properties 'failClosed' not allowed",
         ),
@@ -664,3 +668,42 @@ def test_a_component_without_resources_gets_the_shared_default(chart: Chart) -> 
             "requests": {"cpu": "50m", "memory": "128Mi"},
             "limits": {"memory": "384Mi"},
         }, component
+
+
+def _env_of(rendered: Rendered, component: str, kind: str = "Deployment") -> dict[str, Any]:
+    (container,) = pod_spec(rendered.get(kind, f"{RELEASE}-{component}"))["containers"]
+    return {entry["name"]: entry.get("value", entry.get("valueFrom")) for entry in container["env"]}
+
+
+def test_a_rabbitmq_broker_comes_from_its_secret_to_the_jobs_publishers_and_consumers(
+    chart: Chart,
+) -> None:
+    rendered = chart.render(
+        "-f",
+        str(CHART / "values-prod.yaml"),
+        "--set",
+        "worker.broker.existingSecret=rabbitmq-credentials",
+        "--set",
+        "worker.broker.urlKey=amqp-url",
+        "--set",
+        "worker.broker.consumerTimeoutSeconds=3600",
+    )
+    for component in ("api", "worker", "beat"):
+        env = _env_of(rendered, component)
+        assert env["TENANTRY_WORKER__BROKER_URL"] == {
+            "secretKeyRef": {"name": "rabbitmq-credentials", "key": "amqp-url"}
+        }
+        assert env["TENANTRY_WORKER__BROKER_CONSUMER_TIMEOUT_SECONDS"] == "3600"
+        # Redis stays: limits, usage and job slots live there whatever the broker.
+        assert "TENANTRY_REDIS_URL" in env
+        assert {5672, 5671} <= _egress_ports(_policy(rendered, component))
+    for component, kind in (("operator", "Deployment"), ("migrations", "Job")):
+        assert "TENANTRY_WORKER__BROKER_URL" not in _env_of(rendered, component, kind)
+        assert 5672 not in _egress_ports(_policy(rendered, component))
+
+
+def test_without_a_broker_secret_redis_is_the_broker(chart: Chart) -> None:
+    rendered = chart.values_set("prod")
+    for component in ("api", "worker", "beat"):
+        assert "TENANTRY_WORKER__BROKER_URL" not in _env_of(rendered, component)
+        assert 5672 not in _egress_ports(_policy(rendered, component))

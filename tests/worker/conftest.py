@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Any
 
@@ -25,6 +26,8 @@ from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.inprocess import InProcessQueue, InProcessWorker
 from tenantry.worker.semaphore import ConcurrencyLimiter, LocalSemaphore
+from tests.harness.rabbitmq import RabbitMQProcess
+from tests.harness.servers import RedisProcess
 
 ACME = "customers/acme"
 GLOBEX = "customers/globex"
@@ -168,3 +171,34 @@ class Harness:
 @pytest.fixture
 def harness(sessions: async_sessionmaker[AsyncSession], holder: RegistryHolder) -> Harness:
     return Harness(sessions, holder, fast_settings())
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """Each broker Tenantry runs its jobs on: the session's Redis, then its RabbitMQ."""
+    if request.param == "redis":
+        return redis_url
+    url: str = request.getfixturevalue("rabbitmq_url")
+    return url
+
+
+@dataclass
+class OwnBroker:
+    """A broker of the test's own, which the test may kill and start again, and the Redis
+    the worker keeps its tenants' job slots in (the same server when the broker is Redis)."""
+
+    server: RedisProcess | RabbitMQProcess
+    redis_url: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def own_broker(request: pytest.FixtureRequest) -> OwnBroker:
+    if request.param == "redis":
+        own_redis: RedisProcess = request.getfixturevalue("own_redis")
+        return OwnBroker(own_redis, own_redis.url)
+    own_rabbitmq: RabbitMQProcess = request.getfixturevalue("own_rabbitmq")
+    return OwnBroker(own_rabbitmq, request.getfixturevalue("redis_url"))

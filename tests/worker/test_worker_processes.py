@@ -1,4 +1,5 @@
-"""Fault tests with real `tenantry worker` processes on real Redis and PostgreSQL."""
+"""Fault tests with real `tenantry worker` processes on real PostgreSQL and Redis, and on each
+broker: Redis, RabbitMQ."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ from typing import Any
 
 import httpx
 import pytest
+from kombu.connection import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenantry.contract.registry import Registry
 from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
-from tenantry.jobs.broker import CeleryPublisher
+from tenantry.jobs.broker import (
+    AMQP_DEAD_LETTER_QUEUE,
+    AMQP_JOBS_QUEUE,
+    CeleryPublisher,
+    broker_queues,
+)
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.service import JobsService, JobSubmission
-from tenantry.settings import Settings
+from tenantry.settings import Settings, WorkerSettings
 from tenantry.worker.celery_app import create_celery
-from tests.harness.servers import PostgresProcess, RedisProcess
-from tests.worker.conftest import read_job, wait_for
+from tests.harness.servers import PostgresProcess
+from tests.worker.conftest import OwnBroker, read_job, wait_for
 from tests.worker.processes import TENANT, reconcile_registry, running_worker, worker_env
 from tests.worker.receiver import Reply, running_receiver
 
@@ -36,14 +43,34 @@ TENANTRY = str(Path(sys.executable).parent / "tenantry")
 class Submitter:
     """What the API does on `POST /v1/jobs`: the jobs service with a Celery publisher."""
 
-    def __init__(self, database_url: str, redis_url: str, registry: Registry) -> None:
-        settings = Settings(database_url=database_url, redis_url=redis_url)
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        registry: Registry,
+        broker_url: str | None = None,
+    ) -> None:
+        settings = Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            worker=WorkerSettings(broker_url=broker_url),
+        )
         self.engine = create_engine(database_url)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
         kinds = JobKinds.discover()
         publisher = CeleryPublisher(create_celery(settings, kinds))
         self.service = JobsService(self.sessions, kinds, publisher, settings.worker)
+        self.registry = registry
         self.tenant = registry.tenants[TENANT]
+
+    async def noop(self, tenant_id: str) -> uuid.UUID:
+        outcome = await self.service.submit(
+            self.registry.tenants[tenant_id],
+            JobSubmission(
+                kind="noop", payload={}, idempotency_key=uuid.uuid4().hex, actor="key:test"
+            ),
+        )
+        return outcome.job_id
 
     async def webhook(self, url: str) -> uuid.UUID:
         outcome = await self.service.submit(
@@ -69,17 +96,23 @@ class Submitter:
 
 
 @pytest.fixture
-async def submitter(database_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Submitter]:
+async def submitter(
+    database_url: str, redis_url: str, broker_url: str, tmp_path: Path
+) -> AsyncIterator[Submitter]:
     registry = reconcile_registry(tmp_path / "keys.json")
-    submitter = Submitter(database_url, redis_url, registry)
+    submitter = Submitter(database_url, redis_url, registry, broker_url)
     yield submitter
     await submitter.engine.dispose()
 
 
+def broker_env(url: str) -> dict[str, str]:
+    return {"TENANTRY_WORKER__BROKER_URL": url}
+
+
 async def test_kill_9_mid_job_finishes_the_job_once_in_effect(
-    submitter: Submitter, database_url: str, redis_url: str, tmp_path: Path
+    submitter: Submitter, database_url: str, redis_url: str, broker_url: str, tmp_path: Path
 ) -> None:
-    env = worker_env(tmp_path, database_url, redis_url)
+    env = worker_env(tmp_path, database_url, redis_url, broker_env(broker_url))
     with running_receiver([Reply(200, delay_seconds=30), Reply(200)]) as receiver:
         with running_worker(tmp_path, env, "first") as worker:
             job_id = await submitter.webhook(receiver.url)
@@ -99,21 +132,23 @@ async def test_kill_9_mid_job_finishes_the_job_once_in_effect(
     assert job.result == {"status_code": 200, "delivery_id": str(job_id)}
 
 
-async def test_redis_restarted_empty_with_jobs_queued_loses_no_job(
-    database_url: str, own_redis: RedisProcess, tmp_path: Path
+async def test_broker_restarted_with_jobs_queued_loses_no_job(
+    database_url: str, own_broker: OwnBroker, tmp_path: Path
 ) -> None:
+    """Redis restarts empty (no persistence); RabbitMQ, killed, may lose what it had not
+    written yet: either way the outbox sends again what PostgreSQL still has queued."""
     registry = reconcile_registry(tmp_path / "keys.json")
-    submitter = Submitter(database_url, own_redis.url, registry)
-    env = worker_env(tmp_path, database_url, own_redis.url)
+    submitter = Submitter(database_url, own_broker.redis_url, registry, own_broker.url)
+    env = worker_env(tmp_path, database_url, own_broker.redis_url, broker_env(own_broker.url))
     with running_receiver() as receiver:
         queued = [await submitter.webhook(receiver.url) for _ in range(5)]  # no worker yet
-        own_redis.kill()
-        own_redis.start()  # no persistence: the queue is gone
+        own_broker.server.kill()
+        own_broker.server.start()
         with running_worker(tmp_path, env) as worker:
             await submitter.wait_all(queued, JobStatus.SUCCEEDED, within=40)
-            # Redis goes away once more under a running worker; work resumes after it.
-            own_redis.kill()
-            own_redis.start()
+            # The broker goes away once more under a running worker; work resumes after it.
+            own_broker.server.kill()
+            own_broker.server.start()
             later = [await submitter.webhook(receiver.url) for _ in range(3)]
             await submitter.wait_all(later, JobStatus.SUCCEEDED, within=40)
             assert worker.process.poll() is None
@@ -122,15 +157,35 @@ async def test_redis_restarted_empty_with_jobs_queued_loses_no_job(
                 scraped = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
             finished = 'tenantry_jobs_finished_total{kind="webhook.deliver",outcome="succeeded"}'
             assert f"{finished} 8.0" in scraped  # counted in the pool processes, served together
-            assert 'tenantry_queue_depth{queue="jobs.default"}' in scraped
+            for queue in broker_queues(own_broker.url).observed:
+                assert f'tenantry_queue_depth{{queue="{queue}"}}' in scraped
     assert sorted(receiver.delivery_ids()) == sorted(str(j) for j in queued + later)
     await submitter.engine.dispose()
 
 
-async def test_sigterm_lets_the_running_job_finish(
-    submitter: Submitter, database_url: str, redis_url: str, tmp_path: Path
+async def test_a_high_tier_job_queued_behind_low_tier_ones_runs_first(
+    submitter: Submitter, database_url: str, redis_url: str, broker_url: str, tmp_path: Path
 ) -> None:
-    env = worker_env(tmp_path, database_url, redis_url)
+    low = [await submitter.noop("team-b/initech") for _ in range(3)]  # tier free: jobs.low
+    high = await submitter.noop("team-a/globex")  # tier enterprise: jobs.high
+    env = worker_env(
+        tmp_path,
+        database_url,
+        redis_url,
+        broker_env(broker_url) | {"TENANTRY_WORKER__CONCURRENCY": "1"},
+    )
+    with running_worker(tmp_path, env):
+        await submitter.wait_all([*low, high], JobStatus.SUCCEEDED, within=30)
+    high_started = (await submitter.job(high)).started_at
+    low_started = [(await submitter.job(job_id)).started_at for job_id in low]
+    assert high_started is not None
+    assert all(started is not None and high_started < started for started in low_started)
+
+
+async def test_sigterm_lets_the_running_job_finish(
+    submitter: Submitter, database_url: str, redis_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    env = worker_env(tmp_path, database_url, redis_url, broker_env(broker_url))
     with (
         running_receiver([Reply(200, delay_seconds=2)]) as receiver,
         running_worker(tmp_path, env) as worker,
@@ -156,14 +211,14 @@ def probe(env: dict[str, Any], which: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_probes_follow_the_heartbeat_and_the_broker(
-    database_url: str, own_redis: RedisProcess, tmp_path: Path
+    database_url: str, own_broker: OwnBroker, tmp_path: Path
 ) -> None:
-    env = worker_env(tmp_path, database_url, own_redis.url)
+    env = worker_env(tmp_path, database_url, own_broker.redis_url, broker_env(own_broker.url))
     with running_worker(tmp_path, env) as worker:
         live, ready = probe(env, "live"), probe(env, "ready")
         assert live.returncode == 0, live.stderr
         assert ready.returncode == 0, ready.stderr
-        own_redis.kill()
+        own_broker.server.kill()
         not_ready = probe(env, "ready")
         assert not_ready.returncode == 1
         assert "broker unreachable" in not_ready.stderr
@@ -172,7 +227,12 @@ async def test_probes_follow_the_heartbeat_and_the_broker(
         while time.monotonic() < window:
             live = await asyncio.to_thread(probe, env, "live")
             assert live.returncode == 0, live.stderr
-        own_redis.start()
+        own_broker.server.start()
+
+        async def ready_again() -> bool:
+            return (await asyncio.to_thread(probe, env, "ready")).returncode == 0
+
+        await wait_for(ready_again, within=30, what="the worker to be ready again")
         worker.kill_hard()
 
     async def stale() -> bool:
@@ -210,3 +270,26 @@ async def test_postgres_stopped_during_a_job_the_worker_finishes_it_once(
     assert job.attempts == 1
     assert receiver.delivery_ids() == [str(job_id)]
     await submitter.engine.dispose()
+
+
+async def test_on_rabbitmq_a_message_the_worker_cannot_take_is_dead_lettered(
+    database_url: str, redis_url: str, rabbitmq_url: str, tmp_path: Path
+) -> None:
+    env = worker_env(tmp_path, database_url, redis_url, broker_env(rabbitmq_url))
+    port = env["TENANTRY_WORKER__METRICS_PORT"]
+    with running_worker(tmp_path, env):
+        with Connection(rabbitmq_url) as connection:  # type: ignore[no-untyped-call]
+            connection.Producer().publish(
+                {"args": [], "kwargs": {}},
+                routing_key=AMQP_JOBS_QUEUE,
+                headers={"task": "tenantry.no_such_task", "id": str(uuid.uuid4()), "lang": "py"},
+                serializer="json",
+                priority=1,
+            )
+
+        async def dead_lettered() -> bool:
+            async with httpx.AsyncClient() as client:
+                scraped = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            return f'tenantry_queue_depth{{queue="{AMQP_DEAD_LETTER_QUEUE}"}} 1.0' in scraped
+
+        await wait_for(dead_lettered, within=30, what="the message in the dead-letter queue")

@@ -100,7 +100,8 @@ TENANTRY_PLATFORM_NAMESPACE: {{ .Release.Namespace | quote }}
 
 {{/* The end of a container's env list: the secret-backed URLs the component needs, then
 the shared and the component's extra env. Empty when there is nothing to add. Call with
-(dict "root" $ "values" .Values.api "database" true "redis" true). */}}
+(dict "root" $ "values" .Values.api "database" true "redis" true "broker" true); the broker's
+URL is added only when it is not Redis (`worker.broker.existingSecret`). */}}
 {{- define "tenantry.envTail" -}}
 {{- $env := list -}}
 {{- if .database -}}
@@ -110,6 +111,12 @@ the shared and the component's extra env. Empty when there is nothing to add. Ca
 {{- if .redis -}}
 {{- $ref := dict "name" (include "tenantry.redisSecret" .root) "key" (include "tenantry.redisKey" .root) -}}
 {{- $env = append $env (dict "name" "TENANTRY_REDIS_URL" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- end -}}
+{{- $broker := .root.Values.worker.broker -}}
+{{- if and .broker $broker.existingSecret -}}
+{{- $ref := dict "name" $broker.existingSecret "key" $broker.urlKey -}}
+{{- $env = append $env (dict "name" "TENANTRY_WORKER__BROKER_URL" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- $env = append $env (dict "name" "TENANTRY_WORKER__BROKER_CONSUMER_TIMEOUT_SECONDS" "value" ($broker.consumerTimeoutSeconds | toString)) -}}
 {{- end -}}
 {{- $env = concat $env .root.Values.defaults.extraEnv .values.extraEnv -}}
 {{- with $env -}}
