@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import structlog
 from amqp.exceptions import AMQPError
 from celery import Celery
@@ -130,9 +131,30 @@ def broker_queues(settings_or_url: Settings | str) -> BrokerQueues:
     return BrokerQueues(amqp=is_amqp(url))
 
 
+def refuse_a_redis_cluster(url: str) -> None:
+    """Raise `ValueError` when the Redis broker URL names a node of a Redis Cluster: Celery's
+    Redis transport speaks to one node, and a cluster answers it with redirections. A Redis
+    that does not answer is left to Celery's own reconnection."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        info: dict[str, Any] = client.info("cluster")
+    except (RedisError, OSError):
+        return
+    finally:
+        client.close()
+    if int(info.get("cluster_enabled", 0)):
+        raise ValueError(
+            "the broker is a Redis Cluster node, which Celery's Redis transport cannot use: set "
+            "TENANTRY_WORKER__BROKER_URL to RabbitMQ (amqp://...) or to a Redis of its own"
+        )
+
+
 def broker_app(settings: Settings) -> Celery:
-    """A Celery app that knows the broker and the queues: enough to publish job messages."""
+    """A Celery app that knows the broker and the queues: enough to publish job messages.
+    Raises `ValueError` for a broker Celery cannot use."""
     url = broker_url(settings)
+    if not is_amqp(url):
+        refuse_a_redis_cluster(url)
     queues = broker_queues(url)
     app = Celery("tenantry", broker=url, set_as_current=True)
     if urlsplit(url).scheme in ("redis", "rediss"):

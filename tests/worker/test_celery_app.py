@@ -227,3 +227,20 @@ async def test_on_rabbitmq_beat_sends_housekeeping_ahead_of_every_tier(
     received = amqp_messages(rabbitmq_url, AMQP_JOBS_QUEUE)
     assert received[0] == ("tenantry.flush_usage", AMQP_PRIORITIES["maintenance"])
     assert received[-1] == ("tenantry.run_job", AMQP_PRIORITIES["jobs.high"])
+
+
+def test_a_redis_cluster_is_refused_as_the_broker_naming_the_setting(
+    redis_cluster_url: str,
+) -> None:
+    with pytest.raises(ValueError, match="TENANTRY_WORKER__BROKER_URL"):
+        create_celery(Settings(redis_url=redis_cluster_url))
+    worker = subprocess.run(
+        [str(Path(sys.executable).with_name("tenantry")), "worker"],
+        env={**os.environ, "TENANTRY_REDIS_URL": redis_cluster_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert worker.returncode == 2
+    assert "Redis Cluster" in worker.stderr
