@@ -8,7 +8,7 @@ VENV ?= .venv
 TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help run test lint typecheck pytest crds servers gateways helm bench-api bench-operator bench-jobs bench-brokers clean
+.PHONY: help run test lint typecheck pytest crds servers gateways helm bench-api bench-operator bench-jobs bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -73,7 +73,10 @@ bench-operator: $(VENV)/.installed ## operator: 1,000 tenants to Ready, memory a
 bench-jobs: $(VENV)/.installed servers ## jobs throughput and latency, usage flush rate
 	$(VENV)/bin/python -m bench.jobs
 
-bench-brokers: $(VENV)/.installed servers ## jobs/s against plain Celery, on Redis and on RabbitMQ
+bench-scale: $(VENV)/.installed servers ## Redis Cluster against one Redis; 1, 2 and 4 API processes; jobs/s on Redis and RabbitMQ against plain Celery
+	scripts/ensure-wrk.sh
+	$(VENV)/bin/python -m bench.scale_redis
+	$(VENV)/bin/python -m bench.scale_api
 	$(VENV)/bin/python -m bench.scale_jobs
 
 clean: ## remove the virtual environment, tools and caches
