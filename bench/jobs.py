@@ -7,7 +7,9 @@ Starts its own Redis and PostgreSQL, then measures in one run:
 3. enqueue-to-start latency of Tenantry jobs submitted one at a time (an idle system);
 4. the usage flush: closed per-minute buckets of many tenants from Redis into PostgreSQL,
    in admitted requests per second of flush work.
-Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N.
+Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N. `--drain-rounds R`
+measures only the drain (1.), R times, plain Celery and Tenantry alternating, each round's
+ratio taken from a pair measured back to back (the machine's load moves both rates).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bench.jobs_celery import DONE_KEY, FIRST_KEY, LAST_KEY, QUEUE
 from bench.jobs_celery import app as plain_app
@@ -76,7 +78,7 @@ def _wait(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
+def plain_celery(broker: str, jobs: int, *, sent_to_done: bool = True) -> tuple[float, float]:
     """Plain Celery's tasks per second: draining a full queue, and sent-to-done."""
     env = {**os.environ, "BENCH_BROKER_URL": broker}
     counter = redis.Redis.from_url(broker)
@@ -97,7 +99,9 @@ def plain_celery(broker: str, jobs: int) -> tuple[float, float]:
         _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery drain")
         first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
         drain = (jobs - 1) / (last - first)
-        counter.delete(DONE_KEY)
+        counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
+        if not sent_to_done:
+            return drain, 0.0
         started = time.perf_counter()
         for _ in range(jobs):
             plain_app.send_task("bench.noop", queue=QUEUE)
@@ -276,10 +280,42 @@ async def flush_rate(
     return admitted, admitted / elapsed
 
 
+def drain_rounds(
+    work: Path, settings: Settings, tenant: TenantEntry, jobs: int, rounds: int
+) -> None:
+    assert settings.redis_url is not None
+    ratios: list[float] = []
+    for number in range(1, rounds + 1):
+        plain_drain, _ = plain_celery(settings.redis_url, jobs, sent_to_done=False)
+        asyncio.run(prequeue(settings, tenant, jobs))
+        worker = start_worker(work, settings)
+        try:
+            drain = asyncio.run(drain_rate(settings, jobs))
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        asyncio.run(forget_jobs(settings))
+        ratios.append(drain / plain_drain)
+        print(
+            f"round {number}: draining {jobs}: plain Celery {plain_drain:6.0f}/s, "
+            f"Tenantry {drain:6.0f}/s = {drain / plain_drain:.0%}",
+            flush=True,
+        )
+    print(f"ratio over {rounds} rounds: {min(ratios):.0%} to {max(ratios):.0%}")
+
+
+async def forget_jobs(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    async with session_factory(engine)() as session, session.begin():
+        await session.execute(delete(Job))
+    await engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs (and plain tasks) per run")
     parser.add_argument("--flush-tenants", type=int, default=500)
+    parser.add_argument("--drain-rounds", type=int, default=0, help="only the drain, R times")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-jobs-") as folder:
         work = Path(folder)
@@ -303,6 +339,10 @@ def main() -> None:
                 log_level="warning",
                 registry={"manifests": [manifests], "keys_file": keys_file},
             )
+            if args.drain_rounds:
+                tenant = source.reconcile().registry.tenants[TENANT]
+                drain_rounds(work, settings, tenant, args.jobs, args.drain_rounds)
+                return
             plain_drain, plain = plain_celery(redis_server.url, args.jobs)
             asyncio.run(prequeue(settings, source.reconcile().registry.tenants[TENANT], args.jobs))
             worker = start_worker(work, settings)
