@@ -32,7 +32,6 @@ from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder, RegistrySource, registry_source
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.flush import UsageFlusher
-from tenantry.worker.semaphore import RedisSemaphore
 
 log = structlog.get_logger("tenantry.worker")
 
@@ -69,7 +68,6 @@ class WorkerRuntime:
             kinds=kinds or JobKinds.discover(),
             registry=self.holder,
             publisher=publisher,
-            limiter=RedisSemaphore(self.redis),
             breakers=CircuitBreakers(
                 worker.breaker_failure_threshold, worker.breaker_cooldown_seconds
             ),

@@ -24,7 +24,6 @@ from tenantry.settings import WorkerSettings
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.inprocess import InProcessQueue, InProcessWorker
-from tenantry.worker.semaphore import ConcurrencyLimiter, LocalSemaphore
 
 ACME = "customers/acme"
 GLOBEX = "customers/globex"
@@ -115,7 +114,6 @@ class Harness:
         holder: RegistryHolder,
         settings: WorkerSettings,
         kinds: JobKinds | None = None,
-        limiter: ConcurrencyLimiter | None = None,
     ) -> None:
         self.sessions = sessions
         self.holder = holder
@@ -128,7 +126,6 @@ class Harness:
             kinds=self.kinds,
             registry=holder,
             publisher=self.queue,
-            limiter=limiter or LocalSemaphore(),
             breakers=CircuitBreakers(
                 settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
             ),
