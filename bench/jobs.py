@@ -9,7 +9,8 @@ Starts its own Redis and PostgreSQL, then measures in one run:
    in admitted requests per second of flush work.
 Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N. `--drain-rounds R`
 measures only the drain (1.), R times, plain Celery and Tenantry alternating, each round's
-ratio taken from a pair measured back to back (the machine's load moves both rates).
+ratio taken from a pair measured back to back (the machine's load moves both rates), and the
+CPU time each task costs the worker, PostgreSQL and Redis together, which that load moves less.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -69,32 +71,35 @@ spec:
 """
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
+def _wait(condition: object, timeout: float, what: str, pause: float = 0.02) -> None:
     assert callable(condition)
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.02)
+        time.sleep(pause)
 
 
-def plain_celery(broker: str, jobs: int, *, sent_to_done: bool = True) -> tuple[float, float]:
-    """Plain Celery's tasks per second: draining a full queue, and sent-to-done."""
-    env = {**os.environ, "BENCH_BROKER_URL": broker}
-    counter = redis.Redis.from_url(broker)
-    plain_app.conf.broker_url = broker
-    for _ in range(jobs):  # a full queue before the worker starts
-        plain_app.send_task("bench.noop", queue=QUEUE)
-    worker = subprocess.Popen(
+def start_plain_worker(broker: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "bench.jobs_celery", "worker",
             f"--concurrency={WORKER_PROCESSES}", "--pool=prefork", f"--queues={QUEUE}",
             "--without-gossip", "--without-mingle", "--loglevel=WARNING",
         ],
-        env=env,
+        env={**os.environ, "BENCH_BROKER_URL": broker},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def plain_celery(broker: str, jobs: int, *, sent_to_done: bool = True) -> tuple[float, float]:
+    """Plain Celery's tasks per second: draining a full queue, and sent-to-done."""
+    counter = redis.Redis.from_url(broker)
+    plain_app.conf.broker_url = broker
+    for _ in range(jobs):  # a full queue before the worker starts
+        plain_app.send_task("bench.noop", queue=QUEUE)
+    worker = start_plain_worker(broker)
     try:
         _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery drain")
         first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
@@ -280,28 +285,94 @@ async def flush_rate(
     return admitted, admitted / elapsed
 
 
-def drain_rounds(
-    work: Path, settings: Settings, tenant: TenantEntry, jobs: int, rounds: int
-) -> None:
-    assert settings.redis_url is not None
-    ratios: list[float] = []
-    for number in range(1, rounds + 1):
-        plain_drain, _ = plain_celery(settings.redis_url, jobs, sent_to_done=False)
-        asyncio.run(prequeue(settings, tenant, jobs))
-        worker = start_worker(work, settings)
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) used so far by the processes `roots` and their descendants
+    that are alive, read from /proc (Linux)."""
+    processes: dict[int, tuple[int, int]] = {}  # pid: (parent pid, clock ticks)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            drain = asyncio.run(drain_rate(settings, jobs))
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        processes[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    wanted = set(roots)
+    grown = True
+    while grown:
+        found = {pid for pid, (parent, _) in processes.items() if parent in wanted}
+        grown = not found <= wanted
+        wanted |= found
+    ticks = sum(processes[pid][1] for pid in wanted if pid in processes)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _metered(done: Callable[[], int], jobs: int, roots: list[int]) -> float:
+    """Milliseconds of CPU per task (the worker, PostgreSQL and Redis together) between the
+    first task done and the last: load from elsewhere slows a drain but does not add to it."""
+    _wait(lambda: done() >= 1, 300, "the first task", pause=0.05)
+    first_done, first_cpu = done(), cpu_seconds(roots)
+    _wait(lambda: done() >= jobs, 300, "the drain", pause=0.05)
+    last_done, last_cpu = done(), cpu_seconds(roots)
+    return 1000 * (last_cpu - first_cpu) / max(1, last_done - first_done)
+
+
+def drain_rounds(
+    work: Path, settings: Settings, tenant: TenantEntry, jobs: int, rounds: int, servers: list[int]
+) -> None:
+    broker = settings.redis_url
+    assert broker is not None
+    counter = redis.Redis.from_url(broker)
+    loop = asyncio.new_event_loop()
+    engine = create_engine(settings.database_url, pool_size=1)
+    sessions = session_factory(engine)
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
+    for number in range(1, rounds + 1):
+        plain_app.conf.broker_url = broker
+        for _ in range(jobs):
+            plain_app.send_task("bench.noop", queue=QUEUE)
+        worker = start_plain_worker(broker)
+        try:
+            plain_cpu = _metered(
+                lambda: int(counter.get(DONE_KEY) or 0), jobs, [worker.pid, *servers]
+            )
         finally:
             worker.terminate()
             worker.wait(timeout=30)
+        first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
+        plain_drain = (jobs - 1) / (last - first)
+        counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
+
+        asyncio.run(prequeue(settings, tenant, jobs))
+        worker = start_worker(work, settings)
+        try:
+            cpu = _metered(
+                lambda: loop.run_until_complete(_succeeded(sessions, jobs)),
+                jobs,
+                [worker.pid, *servers],
+            )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        drain = asyncio.run(drain_rate(settings, jobs))
         asyncio.run(forget_jobs(settings))
         ratios.append(drain / plain_drain)
+        cpu_ratios.append(plain_cpu / cpu)
         print(
-            f"round {number}: draining {jobs}: plain Celery {plain_drain:6.0f}/s, "
-            f"Tenantry {drain:6.0f}/s = {drain / plain_drain:.0%}",
+            f"round {number}: draining {jobs}: plain Celery {plain_drain:6.0f}/s "
+            f"{plain_cpu:.2f} ms CPU/task, Tenantry {drain:6.0f}/s {cpu:.2f} ms CPU/job "
+            f"= {drain / plain_drain:.0%} of the rate, {plain_cpu / cpu:.0%} by CPU",
             flush=True,
         )
-    print(f"ratio over {rounds} rounds: {min(ratios):.0%} to {max(ratios):.0%}")
+    counter.close()
+    loop.run_until_complete(engine.dispose())
+    loop.close()
+    print(
+        f"over {rounds} rounds: {min(ratios):.0%} to {max(ratios):.0%} of the rate, "
+        f"{min(cpu_ratios):.0%} to {max(cpu_ratios):.0%} by CPU"
+    )
 
 
 async def forget_jobs(settings: Settings) -> None:
@@ -341,7 +412,10 @@ def main() -> None:
             )
             if args.drain_rounds:
                 tenant = source.reconcile().registry.tenants[TENANT]
-                drain_rounds(work, settings, tenant, args.jobs, args.drain_rounds)
+                postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+                with redis.Redis.from_url(redis_server.url) as client:
+                    servers = [postmaster, int(client.info("server")["process_id"])]
+                drain_rounds(work, settings, tenant, args.jobs, args.drain_rounds, servers)
                 return
             plain_drain, plain = plain_celery(redis_server.url, args.jobs)
             asyncio.run(prequeue(settings, source.reconcile().registry.tenants[TENANT], args.jobs))
