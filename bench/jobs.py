@@ -7,7 +7,10 @@ Starts its own Redis and PostgreSQL, then measures in one run:
 3. enqueue-to-start latency of Tenantry jobs submitted one at a time (an idle system);
 4. the usage flush: closed per-minute buckets of many tenants from Redis into PostgreSQL,
    in admitted requests per second of flush work.
-Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N.
+Run with `make bench-jobs` (`python -m bench.jobs`); `--jobs` sets N. `--drain-rounds R`
+measures only the drain (1.), R times, plain Celery and Tenantry alternating, each round's
+ratio taken from a pair measured back to back (the machine's load moves both rates), and the
+CPU time each task costs the worker, PostgreSQL and Redis together, which that load moves less.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import redis
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bench.jobs_celery import DONE_KEY, FIRST_KEY, LAST_KEY, QUEUE
 from tenantry.api.app import create_app
@@ -68,13 +72,33 @@ spec:
 """
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
+def _wait(condition: object, timeout: float, what: str, pause: float = 0.02) -> None:
     assert callable(condition)
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.02)
+        time.sleep(pause)
+
+
+def plain_sender(broker: str) -> Celery:
+    """A Celery app that sends plain Celery's no-op tasks to `broker`."""
+    sender = Celery("bench-sender", broker=broker)
+    sender.conf.task_default_queue = QUEUE
+    return sender
+
+
+def start_plain_worker(broker: str, counter_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "bench.jobs_celery", "worker",
+            f"--concurrency={WORKER_PROCESSES}", "--pool=prefork", f"--queues={QUEUE}",
+            "--without-gossip", "--without-mingle", "--loglevel=WARNING",
+        ],
+        env={**os.environ, "BENCH_BROKER_URL": broker, "BENCH_COUNTER_URL": counter_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def plain_celery(
@@ -84,33 +108,22 @@ def plain_celery(
     `sent_to_done`). The tasks count themselves in the Redis of `counter_url` (the broker's
     by default)."""
     counter_url = counter_url or broker
-    env = {**os.environ, "BENCH_BROKER_URL": broker, "BENCH_COUNTER_URL": counter_url}
     counter = redis.Redis.from_url(counter_url)
     counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
-    plain_app = Celery("bench-sender", broker=broker)
-    plain_app.conf.task_default_queue = QUEUE
+    sender = plain_sender(broker)
     for _ in range(jobs):  # a full queue before the worker starts
-        plain_app.send_task("bench.noop", queue=QUEUE)
-    worker = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "bench.jobs_celery", "worker",
-            f"--concurrency={WORKER_PROCESSES}", "--pool=prefork", f"--queues={QUEUE}",
-            "--without-gossip", "--without-mingle", "--loglevel=WARNING",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        sender.send_task("bench.noop", queue=QUEUE)
+    worker = start_plain_worker(broker, counter_url)
     try:
         _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery drain")
         first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
         drain = (jobs - 1) / (last - first)
+        counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
         if not sent_to_done:
             return drain, 0.0
-        counter.delete(DONE_KEY)
         started = time.perf_counter()
         for _ in range(jobs):
-            plain_app.send_task("bench.noop", queue=QUEUE)
+            sender.send_task("bench.noop", queue=QUEUE)
         _wait(lambda: int(counter.get(DONE_KEY) or 0) >= jobs, 300, "plain Celery tasks")
         return drain, jobs / (time.perf_counter() - started)
     finally:
@@ -290,10 +303,108 @@ async def flush_rate(
     return admitted, admitted / elapsed
 
 
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time (user + system) used so far by the processes `roots` and their descendants
+    that are alive, read from /proc (Linux)."""
+    processes: dict[int, tuple[int, int]] = {}  # pid: (parent pid, clock ticks)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        processes[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    wanted = set(roots)
+    grown = True
+    while grown:
+        found = {pid for pid, (parent, _) in processes.items() if parent in wanted}
+        grown = not found <= wanted
+        wanted |= found
+    ticks = sum(processes[pid][1] for pid in wanted if pid in processes)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _metered(done: Callable[[], int], jobs: int, roots: list[int]) -> float:
+    """Milliseconds of CPU per task (the worker, PostgreSQL and Redis together) between the
+    first task done and the last: load from elsewhere slows a drain but does not add to it."""
+    _wait(lambda: done() >= 1, 300, "the first task", pause=0.05)
+    first_done, first_cpu = done(), cpu_seconds(roots)
+    _wait(lambda: done() >= jobs, 300, "the drain", pause=0.05)
+    last_done, last_cpu = done(), cpu_seconds(roots)
+    return 1000 * (last_cpu - first_cpu) / max(1, last_done - first_done)
+
+
+def drain_rounds(
+    work: Path, settings: Settings, tenant: TenantEntry, jobs: int, rounds: int, servers: list[int]
+) -> None:
+    broker = settings.redis_url
+    assert broker is not None
+    counter = redis.Redis.from_url(broker)
+    loop = asyncio.new_event_loop()
+    engine = create_engine(settings.database_url, pool_size=1)
+    sessions = session_factory(engine)
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
+    for number in range(1, rounds + 1):
+        sender = plain_sender(broker)
+        for _ in range(jobs):
+            sender.send_task("bench.noop", queue=QUEUE)
+        worker = start_plain_worker(broker, broker)
+        try:
+            plain_cpu = _metered(
+                lambda: int(counter.get(DONE_KEY) or 0), jobs, [worker.pid, *servers]
+            )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        first, last = (float(counter.get(k) or 0) for k in (FIRST_KEY, LAST_KEY))
+        plain_drain = (jobs - 1) / (last - first)
+        counter.delete(DONE_KEY, FIRST_KEY, LAST_KEY)
+
+        asyncio.run(prequeue(settings, tenant, jobs))
+        worker = start_worker(work, settings)
+        try:
+            cpu = _metered(
+                lambda: loop.run_until_complete(_succeeded(sessions, jobs)),
+                jobs,
+                [worker.pid, *servers],
+            )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        drain = asyncio.run(drain_rate(settings, jobs))
+        asyncio.run(forget_jobs(settings))
+        ratios.append(drain / plain_drain)
+        cpu_ratios.append(plain_cpu / cpu)
+        print(
+            f"round {number}: draining {jobs}: plain Celery {plain_drain:6.0f}/s "
+            f"{plain_cpu:.2f} ms CPU/task, Tenantry {drain:6.0f}/s {cpu:.2f} ms CPU/job "
+            f"= {drain / plain_drain:.0%} of the rate, {plain_cpu / cpu:.0%} by CPU",
+            flush=True,
+        )
+    counter.close()
+    loop.run_until_complete(engine.dispose())
+    loop.close()
+    print(
+        f"over {rounds} rounds: {min(ratios):.0%} to {max(ratios):.0%} of the rate, "
+        f"{min(cpu_ratios):.0%} to {max(cpu_ratios):.0%} by CPU"
+    )
+
+
+async def forget_jobs(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    async with session_factory(engine)() as session, session.begin():
+        await session.execute(delete(Job))
+    await engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs (and plain tasks) per run")
     parser.add_argument("--flush-tenants", type=int, default=500)
+    parser.add_argument("--drain-rounds", type=int, default=0, help="only the drain, R times")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-jobs-") as folder:
         work = Path(folder)
@@ -317,6 +428,13 @@ def main() -> None:
                 log_level="warning",
                 registry={"manifests": [manifests], "keys_file": keys_file},
             )
+            if args.drain_rounds:
+                tenant = source.reconcile().registry.tenants[TENANT]
+                postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+                with redis.Redis.from_url(redis_server.url) as client:
+                    servers = [postmaster, int(client.info("server")["process_id"])]
+                drain_rounds(work, settings, tenant, args.jobs, args.drain_rounds, servers)
+                return
             plain_drain, plain = plain_celery(redis_server.url, args.jobs)
             asyncio.run(prequeue(settings, source.reconcile().registry.tenants[TENANT], args.jobs))
             worker = start_worker(work, settings)

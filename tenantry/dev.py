@@ -54,7 +54,6 @@ async def _jobs_beside(runtime: ApiRuntime) -> AsyncIterator[JobsService]:
     from tenantry.worker.execution import WorkerContext
     from tenantry.worker.flush import UsageFlusher
     from tenantry.worker.inprocess import InProcessQueue, InProcessWorker
-    from tenantry.worker.semaphore import LocalSemaphore
 
     if runtime.engine is None:
         raise ValueError("jobs need a database: set TENANTRY_DATABASE_URL")
@@ -68,7 +67,6 @@ async def _jobs_beside(runtime: ApiRuntime) -> AsyncIterator[JobsService]:
         kinds=kinds,
         registry=runtime.holder,
         publisher=queue,
-        limiter=LocalSemaphore(),
         breakers=CircuitBreakers(
             settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
         ),

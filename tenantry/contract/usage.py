@@ -1,5 +1,5 @@
 """Every Redis key of a tenant, in one place: the limiter state and usage the API writes and
-the worker flushes, the quota counters, and the job slots the worker holds.
+the worker flushes, and the quota counters.
 
 Every key of a tenant carries the hash tag `{<tenant id>}`, so all of them live in one slot
 and one Lua script can touch them together, on a single Redis or on Redis Cluster.
@@ -63,12 +63,6 @@ def usage_staging_index_key(tenant_id: str) -> str:
 def usage_cache_key(tenant_id: str) -> str:
     """The cached `/v1/usage` answer; the worker deletes it when a flush lands."""
     return f"tn:{tenant_tag(tenant_id)}:usage:cache"
-
-
-def job_leases_key(tenant_id: str) -> str:
-    """ZSET of the tenant's running jobs (its `maxConcurrentJobs` slots), scored by when each
-    job's lease expires."""
-    return f"tn:{tenant_tag(tenant_id)}:jobs:leases"
 
 
 def minute_of(unix_seconds: float) -> int:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,7 +81,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Renewed by the worker running the job; once it lapses the worker is presumed dead.
+    # Renewed by the worker running the job; once it lapses the worker is presumed dead. While
+    # it is live, the running job holds one of its tenant's `maxConcurrentJobs` slots.
     lease_expires_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
@@ -94,6 +96,14 @@ class Job(Base):
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         # The lease sweep: running jobs whose worker stopped renewing.
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # A claim counts the tenant's live leases (its `maxConcurrentJobs` slots in use).
+        Index(
+            "ix_jobs_running_tenant",
+            "tenant_id",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
     )
 
 

@@ -197,7 +197,7 @@ class CeleryPublisher:
         try:
             self.app.send_task(
                 RUN_JOB,
-                args=[str(message.job_id), message.attempt],
+                args=[str(message.job_id), message.attempt, message.tenant_id],
                 **self.queues.route(message.queue),
                 countdown=message.countdown_seconds or None,
                 time_limit=message.time_limit_seconds,

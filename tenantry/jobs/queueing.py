@@ -21,6 +21,9 @@ class JobMessage:
     job_id: uuid.UUID
     attempt: int
     queue: str
+    # The job's tenant, so the worker's claim can take the tenant's slot in the same round
+    # trip; None in messages sent before messages carried it.
+    tenant_id: str | None = None
     countdown_seconds: float = 0.0
     soft_time_limit_seconds: float | None = None
     time_limit_seconds: float | None = None

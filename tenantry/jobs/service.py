@@ -151,6 +151,7 @@ def message_for(job: Job, kinds: JobKinds, countdown_seconds: float = 0.0) -> Jo
         job_id=job.id,
         attempt=job.attempts,
         queue=job.queue,
+        tenant_id=job.tenant_id,
         countdown_seconds=countdown_seconds,
         soft_time_limit_seconds=kind.soft_time_limit_seconds,
         time_limit_seconds=kind.time_limit_seconds,

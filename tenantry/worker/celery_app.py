@@ -150,11 +150,12 @@ def create_celery(settings: Settings, kinds: JobKinds | None = None) -> Celery:
     worker_process_init.connect(start_process, weak=False)
     worker_process_shutdown.connect(stop_process, weak=False)
 
-    def run_job(job_id: str, attempt: int) -> str:
+    def run_job(job_id: str, attempt: int, tenant_id: str | None = None) -> str:
         from tenantry.worker.execution import execute_job
 
         current = runtime()
-        return current.call(execute_job(current.context, uuid.UUID(job_id), attempt)).value
+        job = execute_job(current.context, uuid.UUID(job_id), attempt, tenant_id)
+        return current.call(job).value
 
     def flush_usage() -> int:
         current = runtime()

@@ -6,6 +6,10 @@ The rules that make a job finish once in effect:
   messages find nothing to claim.
 - A running job holds a lease its worker renews. A worker that dies stops renewing; the
   outbox sweep then hands the job on (the lost attempt counts toward `max_attempts`).
+- A running job with a live lease holds one of its tenant's `maxConcurrentJobs` slots, so the
+  claim takes the slot in the same round trip (`jobs_claim`, see the migration that creates
+  it), and the outcome, which ends the run, gives it back. A dead worker's slot frees itself
+  when the lease lapses.
 - Outcomes are written only while the attempt is still this worker's, and a worker that cannot
   reach PostgreSQL keeps trying to write its outcome for `outcome_deadline_seconds`.
 - Kinds with side effects outside the platform make them idempotent for receivers (the
@@ -25,8 +29,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
-from redis.exceptions import RedisError
-from sqlalchemy import bindparam, case, func, literal, select, update
+from sqlalchemy import Integer, bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Update
@@ -48,7 +51,6 @@ from tenantry.jobs.service import message_for, publish_or_leave_to_outbox
 from tenantry.settings import WorkerSettings
 from tenantry.sources import RegistryHolder
 from tenantry.worker import metrics
-from tenantry.worker.semaphore import ConcurrencyLimiter
 
 log = structlog.get_logger("tenantry.worker")
 
@@ -66,7 +68,7 @@ class Verdict(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     STALE = "stale"  # nothing to do: a duplicate, stale or already-ended message
-    DEFERRED = "deferred"  # the tenant had no free slot, or the registry is not loaded yet
+    DEFERRED = "deferred"  # the tenant had no free slot, or the registry was not loaded yet
     ABANDONED = "abandoned"  # the outcome could not be recorded; the lease sweep takes over
 
 
@@ -79,7 +81,6 @@ class WorkerContext:
     kinds: JobKinds
     registry: RegistryHolder
     publisher: JobPublisher
-    limiter: ConcurrencyLimiter
     breakers: CircuitBreakers
     # Sessions whose statements commit one by one. The claim, the lease renewal and the
     # outcome are each a single conditional UPDATE, atomic on its own, so wrapping them in a
@@ -132,15 +133,31 @@ async def _with_database(
             pause = min(pause * 2, 1.0)
 
 
-async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Verdict:
-    """Run the attempt `attempt` of a job if it is still due; report what happened."""
-    settings = context.settings
-    job = await _claim(context, job_id, attempt)
+async def execute_job(
+    context: WorkerContext, job_id: uuid.UUID, attempt: int, tenant_id: str | None = None
+) -> Verdict:
+    """Run the attempt `attempt` of a job of `tenant_id` if it is still due and the tenant
+    has a free slot; report what happened."""
+    if tenant_id is None:  # a message sent before messages named the job's tenant
+        tenant_id = await _tenant_of(context, job_id)
+        if tenant_id is None:
+            return Verdict.STALE
+    loaded = context.registry.loaded
+    tenant = context.registry.registry.tenants.get(tenant_id)
+    slots: int | None
+    if not loaded:
+        slots = 0  # its limit is not known yet: leave the job queued and send it again
+    elif tenant is None or tenant.limits is None:
+        slots = None  # claimed without a slot, to be failed below
+    else:
+        slots = tenant.limits.max_concurrent_jobs
+    job = await _claim(context, job_id, attempt, tenant_id, slots)
     if job is None:
         return Verdict.STALE
-    if not context.registry.loaded:
-        return await _unclaim(context, job)
-    tenant = context.registry.registry.tenants.get(job.tenant_id)
+    if job.status is not JobStatus.RUNNING:
+        if loaded:
+            metrics.CONCURRENCY_DEFERRED.inc()
+        return await _defer(context, job)
     try:
         kind = context.kinds.get(job.kind)
     except UnknownJobKindError as error:
@@ -148,129 +165,123 @@ async def execute_job(context: WorkerContext, job_id: uuid.UUID, attempt: int) -
     if tenant is None or tenant.limits is None:
         reason = "the tenant no longer exists or has no policy"
         return await _record(context, job, Verdict.FAILED, last_error=reason)
-    holder = str(job_id)
-    try:
-        acquired = await context.limiter.acquire(
-            job.tenant_id, holder, tenant.limits.max_concurrent_jobs, settings.job_lease_seconds
-        )
-    except RedisError as error:  # no way to count slots: give the job back, attempt unused
-        log.warning("job.slots_unreachable", job_id=holder, error=str(error))
-        return await _unclaim(context, job)
-    if not acquired:
-        metrics.CONCURRENCY_DEFERRED.inc()
-        return await _unclaim(context, job)
-    slot = _Slot(context.limiter, job.tenant_id, holder)
-    try:
-        job_context = JobContext(
-            job_id=job_id,
-            attempt=job.attempts,
-            tenant=tenant,
-            settings=settings,
-            sessions=context.sessions,
-            breakers=context.breakers,
-        )
-        return await _run_claimed(context, job, kind, job_context, slot)
-    finally:
-        await slot.release()
+    job_context = JobContext(
+        job_id=job_id,
+        attempt=job.attempts,
+        tenant=tenant,
+        settings=context.settings,
+        sessions=context.sessions,
+        breakers=context.breakers,
+    )
+    return await _run_claimed(context, job, kind, job_context)
 
 
-class _Slot:
-    """The tenant slot a running job holds, released once: alongside the outcome write when
-    the job succeeded (its work is over, so the slot is no longer in use), else on the way
-    out of `execute_job`."""
+async def _tenant_of(context: WorkerContext, job_id: uuid.UUID) -> str | None:
+    async def read() -> str | None:
+        async with context.single_statements() as session:
+            return await session.scalar(select(Job.tenant_id).where(Job.id == job_id))
 
-    def __init__(self, limiter: ConcurrencyLimiter, tenant_id: str, holder: str) -> None:
-        self.limiter = limiter
-        self.tenant_id = tenant_id
-        self.holder = holder
-        self.released = False
-
-    async def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        try:
-            await self.limiter.release(self.tenant_id, self.holder)
-        except RedisError as error:  # the lease lapses by itself
-            log.warning("job.slot_release_failed", job_id=self.holder, error=str(error))
+    return await _with_database(context.settings, job_id, read)
 
 
-async def _unclaim(context: WorkerContext, job: Job) -> Verdict:
-    """Give a claimed job back (no free slot, or no registry yet) and send it again later;
-    the attempt does not count. A cancel that came in meanwhile ends it instead."""
-    cancelled = Job.cancel_requested.is_(True)
-
-    async def give_back() -> Job | None:
-        async with context.single_statements() as session, session.begin():
-            return await session.scalar(
-                update(Job)
-                .where(
-                    Job.id == job.id, Job.attempts == job.attempts, Job.status == JobStatus.RUNNING
-                )
-                .values(
-                    status=case(
-                        (cancelled, literal(JobStatus.CANCELLED, Job.status.type)),
-                        else_=literal(JobStatus.QUEUED, Job.status.type),
-                    ),
-                    attempts=Job.attempts - 1,
-                    started_at=None,
-                    lease_expires_at=None,
-                    finished_at=case((cancelled, func.now()), else_=None),
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
-            )
-
-    returned = await _with_database(context.settings, job.id, give_back)
-    if returned is None or returned.status != JobStatus.QUEUED:
-        return Verdict.STALE
+async def _defer(context: WorkerContext, job: Job) -> Verdict:
+    """Send a job that found no free slot (or no registry yet) again later. It was never
+    claimed, so its attempt is unused, and a cancel meanwhile finds it queued and ends it."""
     pause = context.settings.concurrency_retry_seconds
     pause *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter, not secrecy
     await publish_or_leave_to_outbox(
-        context.publisher, message_for(returned, context.kinds, countdown_seconds=pause)
+        context.publisher, message_for(job, context.kinds, countdown_seconds=pause)
     )
     return Verdict.DEFERRED
 
 
-# Built once: constructing the statement was a third of a no-op job's CPU time in the worker.
-CLAIM = (
+# Built once: constructing a statement was a third of a no-op job's CPU time in the worker.
+# On PostgreSQL the claim and the tenant's slot are one call of `jobs_claim`; it returns the
+# job claimed (`running`), still `queued` when every slot is held, or nothing when the message
+# is stale. A NULL slot count claims without counting.
+CLAIM_WITH_SLOT = select(Job).from_statement(
+    text(
+        "SELECT * FROM jobs_claim(:claim_job_id, :claim_attempt, :claim_tenant_id, "
+        ":claim_slots, :claim_now, :claim_lease_expires_at)"
+    )
+    .bindparams(
+        bindparam("claim_job_id", type_=Job.id.type),
+        bindparam("claim_attempt", type_=Job.attempts.type),
+        bindparam("claim_tenant_id", type_=Job.tenant_id.type),
+        bindparam("claim_slots", type_=Integer()),
+        bindparam("claim_now", type_=Job.started_at.type),
+        bindparam("claim_lease_expires_at", type_=Job.lease_expires_at.type),
+    )
+    .columns(*Job.__table__.columns)
+)
+
+# SQLite (`tenantry dev`) has no functions, but serializes writes, so the count of live
+# leases in the claim's own WHERE cannot race another claim.
+_live = Job.__table__.alias("live")
+LIVE_LEASES = (
+    select(func.count())
+    .select_from(_live)
+    .where(
+        _live.c.tenant_id == bindparam("claim_tenant_id", type_=Job.tenant_id.type),
+        _live.c.status == JobStatus.RUNNING,
+        _live.c.lease_expires_at > bindparam("claim_now", type_=Job.started_at.type),
+    )
+    .scalar_subquery()
+)
+_due = (
+    Job.id == bindparam("claim_job_id", type_=Job.id.type),
+    Job.status == JobStatus.QUEUED,
+    Job.attempts == bindparam("claim_attempt", type_=Job.attempts.type),
+)
+CLAIM_COUNTING = (
     update(Job)
     .where(
-        Job.id == bindparam("job_id", type_=Job.id.type),
-        Job.status == JobStatus.QUEUED,
-        Job.attempts == bindparam("attempt", type_=Job.attempts.type),
+        *_due,
+        Job.tenant_id == bindparam("claim_tenant_id", type_=Job.tenant_id.type),
+        func.coalesce(bindparam("claim_slots", type_=Integer()) > LIVE_LEASES, True),
     )
     .values(
         status=JobStatus.RUNNING,
         attempts=Job.attempts + 1,
-        started_at=bindparam("now", type_=Job.started_at.type),
-        lease_expires_at=bindparam("lease_expires_at", type_=Job.lease_expires_at.type),
+        started_at=bindparam("claim_now", type_=Job.started_at.type),
+        lease_expires_at=bindparam("claim_lease_expires_at", type_=Job.lease_expires_at.type),
     )
     .returning(Job)
     .execution_options(synchronize_session=False)
 )
+STILL_DUE = select(Job).where(*_due)
 
 
-async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job | None:
+async def _claim(
+    context: WorkerContext, job_id: uuid.UUID, attempt: int, tenant_id: str, slots: int | None
+) -> Job | None:
     now = _now()
-
     parameters = {
-        "job_id": job_id,
-        "attempt": attempt,
-        "now": now,
-        "lease_expires_at": now + timedelta(seconds=context.settings.job_lease_seconds),
+        "claim_job_id": job_id,
+        "claim_attempt": attempt,
+        "claim_tenant_id": tenant_id,
+        "claim_slots": slots,
+        "claim_now": now,
+        "claim_lease_expires_at": now + timedelta(seconds=context.settings.job_lease_seconds),
     }
 
     async def claim() -> Job | None:
         async with context.single_statements() as session, session.begin():
-            return await session.scalar(CLAIM, parameters)
+            claimed: Job | None
+            if session.get_bind().dialect.name == "postgresql":
+                claimed = await session.scalar(CLAIM_WITH_SLOT, parameters)
+                return claimed
+            claimed = await session.scalar(CLAIM_COUNTING, parameters)
+            if claimed is None and slots is not None:
+                claimed = await session.scalar(STILL_DUE, parameters)
+            return claimed
 
     # Retried like the outcome: the statement engine does not ping connections it hands
     # out, so a connection PostgreSQL dropped shows up here, once, and the retry gets a
     # fresh one (a claim that did commit before its reply was lost finds nothing the
     # second time, and its lease lapses as if this worker had died).
     job = await _with_database(context.settings, job_id, claim)
-    if job is not None:
+    if job is not None and job.status is JobStatus.RUNNING:
         due = job.available_at or job.created_at
         if due.tzinfo is None:  # SQLite (`tenantry dev`) stores UTC without an offset
             due = due.replace(tzinfo=UTC)
@@ -279,7 +290,8 @@ async def _claim(context: WorkerContext, job_id: uuid.UUID, attempt: int) -> Job
 
 
 class _Lease:
-    """Renews the job's lease and tenant slot while it runs; stops the run on cancel."""
+    """Renews the job's lease (and with it its tenant slot) while it runs; stops the run on
+    cancel."""
 
     def __init__(self, context: WorkerContext, job: Job, run: asyncio.Task[JobResult]) -> None:
         self.context = context
@@ -293,14 +305,7 @@ class _Lease:
             await asyncio.sleep(settings.job_lease_seconds / 3)
             try:
                 cancel = await self._renew()
-                assert self.job.tenant_id
-                await self.context.limiter.acquire(
-                    self.job.tenant_id,
-                    str(self.job.id),
-                    1_000_000,  # renewing a slot this job holds never needs a free one
-                    settings.job_lease_seconds,
-                )
-            except (*DATABASE_DOWN, RedisError) as error:
+            except DATABASE_DOWN as error:
                 log.warning("job.lease_renewal_failed", job_id=str(self.job.id), error=str(error))
                 continue
             if cancel:
@@ -327,7 +332,7 @@ class _Lease:
 
 
 async def _run_claimed(
-    context: WorkerContext, job: Job, kind: JobKind[Any], job_context: JobContext, slot: _Slot
+    context: WorkerContext, job: Job, kind: JobKind[Any], job_context: JobContext
 ) -> Verdict:
     bound = log.bind(
         job_id=str(job.id),
@@ -368,9 +373,8 @@ async def _run_claimed(
         metrics.JOB_DURATION.labels(kind=job.kind).observe(
             asyncio.get_running_loop().time() - started
         )
-        # The keeper stops first, so no renewal can take the slot back after its release.
         await _stop(keeper)
-        return await _record(context, job, Verdict.SUCCEEDED, result=result, slot=slot)
+        return await _record(context, job, Verdict.SUCCEEDED, result=result)
     finally:
         await _stop(keeper)
     bound.warning("job.attempt_failed", error=error_text, retry_after=retry_after)
@@ -438,10 +442,9 @@ async def _record(
     result: JobResult | None = None,
     last_error: str | None = None,
     delay: float = 0.0,
-    slot: _Slot | None = None,
 ) -> Verdict:
-    """Write the attempt's outcome, if the attempt is still this worker's, giving up `slot`
-    meanwhile (the Redis and PostgreSQL round trips overlap)."""
+    """Write the attempt's outcome, if the attempt is still this worker's. Leaving `running`
+    gives the tenant's slot back."""
     now = _now()
     values: dict[str, Any] = {"lease_expires_at": None, "last_error": last_error}
     if verdict is Verdict.SUCCEEDED:
@@ -472,12 +475,7 @@ async def _record(
         return written is not None
 
     try:
-        if slot is None:
-            written = await _with_database(context.settings, job.id, write)
-        else:
-            written, _ = await asyncio.gather(
-                _with_database(context.settings, job.id, write), slot.release()
-            )
+        written = await _with_database(context.settings, job.id, write)
     except DATABASE_DOWN as error:
         log.error("job.outcome_lost", job_id=str(job.id), verdict=verdict.value, error=str(error))
         return Verdict.ABANDONED

@@ -81,7 +81,7 @@ class InProcessWorker:
         while True:
             message = await self.queue.get()
             try:
-                await execute_job(self.context, message.job_id, message.attempt)
+                await execute_job(self.context, message.job_id, message.attempt, message.tenant_id)
             except Exception:  # the job's lease lapses and the outbox sweep runs it again
                 metrics.HOUSEKEEPING_ERRORS.labels(task="job").inc()
                 log.exception("job.execution_error", job_id=str(message.job_id))

@@ -1,18 +1,24 @@
-"""What one worker process keeps for its life: an event loop on a thread of its own, one
-database engine, one Redis pool, the registry and the job context.
+"""What one worker process keeps for its life: an event loop, one database engine, one Redis
+pool, the registry and the job context.
 
-Celery's prefork children run tasks synchronously; each task hands its coroutine to this loop
-and waits. Keeping one loop (instead of `asyncio.run` per task) is what lets the engine's
-connection pool, the Redis pool and the registry source live across tasks.
+Celery's prefork children run tasks synchronously on their main thread; each task runs its
+coroutine to completion on the process's loop, in that same thread (no hand-over to another
+thread per task). Keeping one loop (instead of `asyncio.run` per task) is what lets the
+engine's connection pool and the Redis pool live across tasks; a job's own background work
+(its lease renewal) runs while the job does, which is the only time it is needed.
+
+The registry source runs on a loop of its own, on a thread: it must keep following the
+registry between tasks, when the jobs' loop is not running. It shares nothing with the jobs'
+loop but the holder, whose snapshots are swapped by one reference assignment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import structlog
@@ -26,7 +32,6 @@ from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder, RegistrySource, registry_source
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.flush import UsageFlusher
-from tenantry.worker.semaphore import RedisSemaphore
 
 log = structlog.get_logger("tenantry.worker")
 
@@ -47,9 +52,6 @@ class WorkerRuntime:
             raise ValueError("the worker needs Redis: set TENANTRY_REDIS_URL")
         self.settings = settings
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="tenantry-loop")
-        self._thread.daemon = True
-        self._thread.start()
         self.holder = RegistryHolder()
         self.engine = create_engine(settings.database_url, pool_size=4)
         # Claims, lease renewals and outcomes: one statement each, in autocommit and without a
@@ -66,7 +68,6 @@ class WorkerRuntime:
             kinds=kinds or JobKinds.discover(),
             registry=self.holder,
             publisher=publisher,
-            limiter=RedisSemaphore(self.redis),
             breakers=CircuitBreakers(
                 worker.breaker_failure_threshold, worker.breaker_cooldown_seconds
             ),
@@ -74,14 +75,23 @@ class WorkerRuntime:
         self.flusher = UsageFlusher(
             self.redis, self.context.sessions, grace_seconds=worker.usage_flush_grace_seconds
         )
-        self._source = source or registry_source(settings)
-        self._source_task: Future[None] = asyncio.run_coroutine_threadsafe(
-            self._source.run(self.holder), self.loop
+        self._registry_loop = asyncio.new_event_loop()
+        self._source_task = self._registry_loop.create_task(
+            (source or registry_source(settings)).run(self.holder)
         )
+        self._registry_thread = threading.Thread(
+            target=self._follow_registry, name="tenantry-registry", daemon=True
+        )
+        self._registry_thread.start()
+
+    def _follow_registry(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            self._registry_loop.run_until_complete(self._source_task)
+        self._registry_loop.close()
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` on the process's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        """Run `coroutine` on the process's loop, in the calling thread, to completion."""
+        return self.loop.run_until_complete(coroutine)
 
     def wait_for_registry(self) -> bool:
         """Block until the source published a first snapshot (jobs of unknown tenants would
@@ -95,7 +105,8 @@ class WorkerRuntime:
         return True
 
     def close(self) -> None:
-        self._source_task.cancel()
+        self._registry_loop.call_soon_threadsafe(self._source_task.cancel)
+        self._registry_thread.join(timeout=5)
 
         async def dispose() -> None:
             await self.redis.aclose()
@@ -103,5 +114,4 @@ class WorkerRuntime:
             await self.statement_engine.dispose()
 
         self.call(dispose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+        self.loop.close()

@@ -19,7 +19,6 @@ from tenantry.jobs.service import JobsService
 from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
 from tenantry.worker.execution import Verdict, WorkerContext, execute_job
-from tenantry.worker.semaphore import LocalSemaphore
 from tests.api.conftest import Api, auth
 from tests.worker.conftest import wait_for
 
@@ -53,7 +52,6 @@ async def run_queued(api: Api, job_id: str) -> Verdict:
         kinds=service.kinds,
         registry=api.runtime.holder,
         publisher=service.publisher,
-        limiter=LocalSemaphore(),
         breakers=CircuitBreakers(5, 30),
     )
     return await execute_job(context, uuid.UUID(job_id), 0)

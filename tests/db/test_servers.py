@@ -27,7 +27,7 @@ async def test_database_is_real_postgresql_at_migrations_head(database_url: str)
     await engine.dispose()
     assert int(version) >= 140000
     assert {"jobs", "idempotency_keys", "usage_counters", "usage_flushes", "audit_log"} <= tables
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_redis_is_a_real_server(redis_url: str) -> None:

@@ -25,7 +25,6 @@ from tenantry.settings import WorkerSettings
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import WorkerContext
 from tenantry.worker.inprocess import InProcessQueue, InProcessWorker
-from tenantry.worker.semaphore import ConcurrencyLimiter, LocalSemaphore
 from tests.harness.rabbitmq import RabbitMQProcess
 from tests.harness.servers import RedisProcess
 
@@ -118,7 +117,6 @@ class Harness:
         holder: RegistryHolder,
         settings: WorkerSettings,
         kinds: JobKinds | None = None,
-        limiter: ConcurrencyLimiter | None = None,
     ) -> None:
         self.sessions = sessions
         self.holder = holder
@@ -131,7 +129,6 @@ class Harness:
             kinds=self.kinds,
             registry=holder,
             publisher=self.queue,
-            limiter=limiter or LocalSemaphore(),
             breakers=CircuitBreakers(
                 settings.breaker_failure_threshold, settings.breaker_cooldown_seconds
             ),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenantry.contract.registry import Registry
@@ -17,11 +18,9 @@ from tenantry.db.engine import create_engine, session_factory
 from tenantry.db.tables import Job, JobStatus
 from tenantry.jobs.kinds import JobKinds
 from tenantry.jobs.webhook import WebhookDeliver, verify
-from tenantry.redis_client import RedisConnector
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import Verdict, execute_job
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
-from tenantry.worker.semaphore import RedisSemaphore
 from tests.harness.servers import PostgresProcess
 from tests.worker.conftest import ACME, Harness, fast_settings, tenant, wait_for
 from tests.worker.receiver import Reply, running_receiver
@@ -173,39 +172,106 @@ async def test_cancelling_a_running_job_stops_it(harness: Harness) -> None:
 
 
 async def test_max_concurrent_jobs_holds_across_workers(
-    sessions: async_sessionmaker[AsyncSession], any_redis_url: str
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     holder = RegistryHolder()
     holder.publish(Registry.build([tenant(ACME, max_concurrent_jobs=2)]))
-    client = RedisConnector(any_redis_url, timeout_seconds=2)
     settings = fast_settings()
-    # Two workers, each with four consumers, sharing the tenant's slots through Redis.
-    first = Harness(sessions, holder, settings, limiter=RedisSemaphore(client))
-    second = Harness(sessions, holder, settings, limiter=RedisSemaphore(client))
+    # Two workers, each with four consumers, sharing the tenant's slots through PostgreSQL.
+    first = Harness(sessions, holder, settings)
+    second = Harness(sessions, holder, settings)
     second.queue = first.queue
     with running_receiver([Reply(200, delay_seconds=0.3)]) as receiver:
         async with first.worker().running(), second.worker().running():
             jobs = [await first.submit("webhook.deliver", hook(receiver.url)) for _ in range(6)]
             for job_id in jobs:
                 await first.wait_status(job_id, JobStatus.SUCCEEDED)
-    await client.aclose()
     assert len(receiver.deliveries) == 6
     assert receiver.max_in_flight == 2
+    assert [(await first.job(job_id)).attempts for job_id in jobs] == [1] * 6
 
 
-async def test_a_crashed_workers_slot_frees_itself(any_redis_url: str) -> None:
-    client = RedisConnector(any_redis_url, timeout_seconds=2)
-    slots = RedisSemaphore(client)
-    assert await slots.acquire(ACME, "job-a", 1, lease_seconds=0.3)
-    assert not await slots.acquire(ACME, "job-b", 1, lease_seconds=0.3)
-    assert await slots.acquire(ACME, "job-a", 1, lease_seconds=0.3)  # renewal
+async def test_claims_racing_for_one_tenants_slots_never_take_more_than_its_limit(
+    database_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    limit, jobs_per_round, workers = 3, 40, 8
+    engines = [
+        create_engine(database_url, pool_size=5, autocommit=True, pre_ping=False)
+        for _ in range(workers)
+    ]
 
-    async def freed() -> bool:
-        return await slots.acquire(ACME, "job-b", 1, lease_seconds=5)
+    async def claim(worker: int, job_id: uuid.UUID, tenant_id: str) -> bool:
+        now = datetime.now(UTC)
+        async with engines[worker].connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT status FROM jobs_claim(:job_id, 0, :tenant_id, :slots, :now, "
+                        ":lease_expires_at)"
+                    ),
+                    {
+                        "job_id": job_id,
+                        "tenant_id": tenant_id,
+                        "slots": limit,
+                        "now": now,
+                        "lease_expires_at": now + timedelta(minutes=5),
+                    },
+                )
+            ).first()
+        return row is not None and row.status == JobStatus.RUNNING.value
 
-    await wait_for(freed, within=3, what="the dead holder's lease to lapse")
-    assert await slots.holders(ACME) == ["job-b"]
-    await client.aclose()
+    for round_number in range(10):
+        tenant_id = f"customers/race-{round_number}"
+        job_ids = [uuid.uuid4() for _ in range(jobs_per_round)]
+        async with sessions() as session, session.begin():
+            session.add_all(
+                Job(id=job_id, tenant_id=tenant_id, kind="noop", queue="jobs.default", payload={})
+                for job_id in job_ids
+            )
+        claimed = await asyncio.gather(
+            *(claim(number % workers, job_id, tenant_id) for number, job_id in enumerate(job_ids))
+        )
+        async with sessions() as session:
+            running = await session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
+            )
+        assert (sum(claimed), running) == (limit, limit), f"round {round_number}"
+    for engine in engines:
+        await engine.dispose()
+
+
+async def test_a_dead_workers_slot_frees_itself_when_its_lease_lapses(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    holder = RegistryHolder()
+    holder.publish(Registry.build([tenant(ACME, max_concurrent_jobs=1)]))
+    harness = Harness(sessions, holder, fast_settings())
+    dead = await harness.submit("noop", {})
+    waiting = await harness.submit("noop", {})
+    await harness.queue.get()
+    message = await harness.queue.get()
+    async with harness.sessions() as session, session.begin():
+        # What a worker killed mid-job leaves behind: a running job whose lease nobody renews.
+        await session.execute(
+            update(Job)
+            .where(Job.id == dead)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=1,
+                lease_expires_at=datetime.now(UTC) + timedelta(seconds=1),
+            )
+        )
+    verdict = await execute_job(harness.context, waiting, message.attempt, ACME)
+    assert verdict is Verdict.DEFERRED
+    assert (await harness.job(waiting)).attempts == 0  # a deferral uses no attempt
+
+    async def started() -> bool:
+        verdict = await execute_job(harness.context, waiting, message.attempt, ACME)
+        return verdict is Verdict.SUCCEEDED
+
+    await wait_for(started, within=5, what="the dead job's slot to free itself")
 
 
 async def test_a_job_whose_message_was_lost_is_sent_again(harness: Harness) -> None:
