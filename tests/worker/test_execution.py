@@ -4,6 +4,7 @@ recovery, with the same execution code the Celery worker runs, against real Post
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from tenantry.redis_client import create_redis
 from tenantry.sources import RegistryHolder
 from tenantry.worker.execution import Verdict, execute_job
 from tenantry.worker.outbox import sweep_outbox, trim_idempotency_keys
-from tenantry.worker.semaphore import RedisSemaphore
+from tenantry.worker.semaphore import LocalSemaphore, RedisSemaphore
 from tests.harness.servers import PostgresProcess
 from tests.worker.conftest import ACME, Harness, fast_settings, tenant, wait_for
 from tests.worker.receiver import Reply, running_receiver
@@ -170,6 +171,29 @@ async def test_cancelling_a_running_job_stops_it(harness: Harness) -> None:
             job = await harness.wait_status(job_id, JobStatus.CANCELLED, within=3)
     assert job.last_error == "cancelled while running"
     assert len(receiver.deliveries) == 1
+
+
+class SwallowingRenewals(LocalSemaphore):
+    """Slot renewals that swallow a cancellation landing in them, as redis-py's asyncio
+    client can during a command."""
+
+    async def acquire(self, tenant_id: str, job_id: str, slots: int, lease_seconds: float) -> bool:
+        if job_id in self._held.get(tenant_id, set()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(2)
+        return await super().acquire(tenant_id, job_id, slots, lease_seconds)
+
+
+async def test_a_job_ends_even_when_its_lease_renewal_swallows_the_stop(
+    sessions: async_sessionmaker[AsyncSession], holder: RegistryHolder
+) -> None:
+    harness = Harness(sessions, holder, fast_settings(), limiter=SwallowingRenewals())
+    # The delivery ends while the first renewal (after a third of the 1.5 s lease) is in flight.
+    with running_receiver([Reply(200, delay_seconds=1)]) as receiver:
+        async with harness.worker().running():
+            job_id = await harness.submit("webhook.deliver", hook(receiver.url))
+            job = await harness.wait_status(job_id, JobStatus.SUCCEEDED, within=15)
+    assert job.attempts == 1
 
 
 async def test_max_concurrent_jobs_holds_across_workers(
