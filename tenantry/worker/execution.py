@@ -298,10 +298,11 @@ class _Lease:
         self.job = job
         self.run = run
         self.cancelled_by_tenant = False
+        self.stopping = False
 
     async def keep(self) -> None:
         settings = self.context.settings
-        while True:
+        while not self.stopping:
             await asyncio.sleep(settings.job_lease_seconds / 3)
             try:
                 cancel = await self._renew()
@@ -373,17 +374,23 @@ async def _run_claimed(
         metrics.JOB_DURATION.labels(kind=job.kind).observe(
             asyncio.get_running_loop().time() - started
         )
-        await _stop(keeper)
+        # The keeper stops first, so no renewal can extend the lease after the outcome.
+        await _stop(lease, keeper)
         return await _record(context, job, Verdict.SUCCEEDED, result=result)
     finally:
-        await _stop(keeper)
+        await _stop(lease, keeper)
     bound.warning("job.attempt_failed", error=error_text, retry_after=retry_after)
     if lease.cancelled_by_tenant:
         return await _record(context, job, Verdict.CANCELLED, last_error="cancelled while running")
     return await _record_failure(context, job, error_text, retry=retry, retry_after=retry_after)
 
 
-async def _stop(keeper: asyncio.Task[None]) -> None:
+async def _stop(lease: _Lease, keeper: asyncio.Task[None]) -> None:
+    """Stop renewing, and wait until no renewal is in flight. The flag as well as the cancel:
+    a client library can swallow a cancellation that lands during a call (redis-py did, when
+    the lease was renewed in Redis), and the keeper would then renew the lease for ever while
+    this waits for it."""
+    lease.stopping = True
     keeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await keeper

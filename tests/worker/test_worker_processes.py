@@ -92,7 +92,15 @@ class Submitter:
             statuses = [(await self.job(j)).status for j in job_ids]
             return all(s == status for s in statuses)
 
-        await wait_for(done, within=within, what=f"{len(job_ids)} jobs to be {status.value}")
+        try:
+            await wait_for(done, within=within, what=f"{len(job_ids)} jobs to be {status.value}")
+        except AssertionError as error:
+            jobs = [await self.job(j) for j in job_ids]
+            states = [
+                f"{j.id} {j.status.value} attempts={j.attempts} lease={j.lease_expires_at}"
+                for j in jobs
+            ]
+            raise AssertionError(f"{error}; the jobs: {states}") from None
 
 
 @pytest.fixture
