@@ -20,10 +20,14 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
 
 log = structlog.get_logger("tenantry.redis")
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
+REDIS_DOWN = (RedisError, RedisClusterException, OSError)
+"""What a Redis (or a cluster with no reachable node, which redis-py raises outside its
+`RedisError` family) that is away raises: what callers that fall back catch."""
 
 
 def create_redis(
@@ -66,8 +70,7 @@ class RedisConnector:
         return isinstance(self._client, aioredis.RedisCluster)
 
     async def client(self) -> RedisClient:
-        """The client; raises `redis.exceptions.ConnectionError` (or `OSError`, or
-        `TimeoutError`) while Redis has never answered."""
+        """The client; raises one of `REDIS_DOWN` while Redis has never answered."""
         if self._client is not None:
             return self._client
         async with self._lock:

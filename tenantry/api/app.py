@@ -28,7 +28,6 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from opentelemetry.trace import Tracer
-from redis.exceptions import RedisError
 
 from tenantry import __version__
 from tenantry.api import jobs, probes, v1
@@ -47,7 +46,7 @@ from tenantry.db.engine import create_engine
 from tenantry.jobs.kinds import JobKindError, JobKinds
 from tenantry.jobs.service import JobsService
 from tenantry.logs import configure_logging
-from tenantry.redis_client import RedisConnector
+from tenantry.redis_client import REDIS_DOWN, RedisConnector
 from tenantry.settings import Settings, get_settings
 from tenantry.sources import RegistrySource, registry_source
 
@@ -108,8 +107,12 @@ def create_app(
         if pipelined is not None:
             await _first_contact(pipelined)
         tasks = [asyncio.create_task(registry_from.run(runtime.holder), name="registry")]
-        if redis is not None:
-            tasks.append(asyncio.create_task(_merge_usage_forever(runtime), name="usage-merge"))
+        stop_merging = asyncio.Event()
+        merging = (
+            asyncio.create_task(_merge_usage_until(runtime, stop_merging), name="usage-merge")
+            if redis is not None
+            else None
+        )
         if runtime.refusals is not None:
             tasks.append(asyncio.create_task(runtime.refusals.run(), name="refusal-audit"))
         if runtime.metrics.shared is not None:
@@ -140,6 +143,9 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            stop_merging.set()
+            if merging is not None:
+                await merging
             if redis is not None and runtime.usage.held:
                 await merge_local_usage(redis, runtime.usage, runtime.metrics)
             if runtime.usage.held and redis is not None:
@@ -266,19 +272,23 @@ async def _observe_forever(runtime: ApiRuntime) -> None:
         await asyncio.sleep(SHARED_GAUGES_INTERVAL_SECONDS)
 
 
-async def _merge_usage_forever(runtime: ApiRuntime) -> None:
+async def _merge_usage_until(runtime: ApiRuntime, stop: asyncio.Event) -> None:
     """Merge usage counted in process back into Redis once it is reachable again (a tenant
-    at a time, so on a cluster each tenant's usage goes home as soon as its node is back).
-    Redis is first contacted here at start-up, so that the client knows every node of a
-    cluster before any of them fails."""
+    at a time, so on a cluster each tenant's usage goes home as soon as its node is back),
+    until `stop` is set. Redis is first contacted here at start-up, so that the client knows
+    every node of a cluster before any of them fails.
+
+    Ended by `stop`, never cancelled: redis-py can swallow a cancellation that lands during a
+    command (the loop would then run on and shutdown wait for it for ever), and a merge cut
+    short would leave the cells it took neither merged nor given back."""
     assert runtime.redis is not None
     interval = runtime.settings.api.usage_merge_interval_seconds
-    while True:
+    while not stop.is_set():
         if runtime.redis.cluster is None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_DOWN):
                 await runtime.redis.client()
-        await asyncio.sleep(interval)
-        if runtime.usage.held:
-            # Shielded: shutdown cancels this loop, never a merge whose script calls are in
-            # flight (their cells would be neither merged nor given back).
-            await asyncio.shield(merge_local_usage(runtime.redis, runtime.usage, runtime.metrics))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
+        if runtime.usage.held and not stop.is_set():
+            await merge_local_usage(runtime.redis, runtime.usage, runtime.metrics)

@@ -9,7 +9,6 @@ import sys
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from opentelemetry.trace import Tracer
 from sqlalchemy import text
@@ -29,7 +28,7 @@ from tenantry.contract.registry import Registry
 from tenantry.db.engine import session_factory
 from tenantry.db.migrate import is_at_head
 from tenantry.multiprocess_metrics import multiprocess_dir
-from tenantry.redis_client import RedisConnector
+from tenantry.redis_client import REDIS_DOWN, RedisConnector
 from tenantry.settings import Settings
 from tenantry.sources import RegistryHolder
 
@@ -165,6 +164,6 @@ async def _check(probe: Any, limit_seconds: float) -> dict[str, Any]:
             await probe
     except TimeoutError:
         return {"ok": False, "error": f"no answer within {limit_seconds}s"}
-    except (OSError, RuntimeError, aioredis.RedisError, SQLAlchemyError) as error:
+    except (*REDIS_DOWN, RuntimeError, SQLAlchemyError) as error:
         return {"ok": False, "error": type(error).__name__ + ": " + str(error)[:200]}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}

@@ -10,7 +10,6 @@ import asyncio
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -38,7 +37,7 @@ from tenantry.contract.usage import (
 )
 from tenantry.db.engine import session_factory
 from tenantry.db.tables import UsageCounter, UsageGranularity
-from tenantry.redis_client import RedisClient
+from tenantry.redis_client import REDIS_DOWN, RedisClient
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -281,7 +280,7 @@ async def get_usage(
                 answer.model_dump_json(),
                 ex=runtime.settings.api.usage_cache_seconds,
             )
-        except (aioredis.RedisError, OSError):
+        except REDIS_DOWN:
             runtime.metrics.redis_errors.labels("usage_cache").inc()
     return answer
 
@@ -294,14 +293,14 @@ async def _redis_of(request: Request, runtime: ApiRuntime) -> RedisClient | None
         return None
     try:
         return await runtime.redis.client()
-    except (aioredis.RedisError, OSError):
+    except REDIS_DOWN:
         return None
 
 
 async def _cached(redis: RedisClient, tenant_id: str, runtime: ApiRuntime) -> UsageResponse | None:
     try:
         raw = await redis.get(usage_cache_key(tenant_id))
-    except (aioredis.RedisError, OSError):
+    except REDIS_DOWN:
         runtime.metrics.redis_errors.labels("usage_cache").inc()
         return None
     return UsageResponse.model_validate_json(raw) if raw else None
@@ -351,7 +350,7 @@ async def _unflushed_cells(
             for minute in minutes:
                 pipe.hgetall(usage_bucket_key(tenant_id, minute))
             buckets: list[dict[bytes, bytes]] = await pipe.execute()
-    except (aioredis.RedisError, OSError):
+    except REDIS_DOWN:
         runtime.metrics.redis_errors.labels("usage_read").inc()
         return {}
     return {

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -111,7 +111,7 @@ class UsageFlusher:
                 try:
                     batch = entries[start : start + TENANTS_PER_FLUSH]
                     await self._flush_batch(client, batch, report)
-                except RedisError as error:  # PostgreSQL's errors end the flush at once
+                except (RedisError, RedisClusterException) as error:  # PostgreSQL's end it
                     report.failed_batches += 1
                     log.warning("usage.flush_batch_failed", node=node, error=str(error))
         metrics.FLUSH_REQUESTS.inc(report.requests)

@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 from importlib.resources import files
 
 import structlog
-from redis.exceptions import RedisError
 
 from tenantry.api.limiter.script import QUOTA_KEEP_SECONDS
 from tenantry.api.metrics import ApiMetrics
 from tenantry.contract.months import month_of
 from tenantry.contract.usage import quota_key, usage_bucket_key, usage_index_key
-from tenantry.redis_client import RedisConnector, node_of
+from tenantry.redis_client import REDIS_DOWN, RedisConnector, node_of
 
 log = structlog.get_logger("tenantry.api.limiter")
 
@@ -74,7 +73,7 @@ async def merge_local_usage(redis: RedisConnector, usage: LocalUsage, metrics: A
     back to `usage`; once a node failed, its other tenants wait for the next round."""
     try:
         client = await redis.client()
-    except (RedisError, OSError) as error:
+    except REDIS_DOWN as error:
         log.debug("usage_merge_waits", error=str(error))
         return 0
     cells = usage.take()
@@ -92,7 +91,7 @@ async def merge_local_usage(redis: RedisConnector, usage: LocalUsage, metrics: A
         keys, args = _merge_call(tenant_id, tenant_cells)
         try:
             await merge(keys=keys, args=args)
-        except (RedisError, OSError) as error:
+        except REDIS_DOWN as error:
             failed_nodes.add(node)
             metrics.redis_errors.labels("usage_merge").inc()
             log.warning("usage_merge_failed", tenant=tenant_id, node=node, error=str(error))
