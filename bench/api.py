@@ -27,11 +27,11 @@ from pathlib import Path
 
 from bench import gateway
 from bench.api_apps import PING_PATH
-from bench.load import PINNED, Result, measure, serve_app
-from tenantry.sources.files import FileRegistrySource
+from bench.load import PINNED, Result, measure, serve_app, serve_tenants
 from tests.harness.servers import RedisProcess, free_port
 
-TENANT_MANIFESTS = """
+# A tier no load reaches the limits of.
+BENCH_TIER = """
 apiVersion: tenantry.io/v1alpha1
 kind: RateLimitPolicy
 metadata: {name: bench, namespace: tenantry-system}
@@ -40,7 +40,10 @@ spec:
   burst: 1000000
   monthlyQuota: 1000000000000
   failureMode: closed
----
+"""
+TENANT_MANIFESTS = (
+    BENCH_TIER
+    + """---
 apiVersion: tenantry.io/v1alpha1
 kind: ApiTenant
 metadata: {name: bench, namespace: bench}
@@ -56,6 +59,7 @@ spec:
   routes:
     - {method: GET, path: /v1/ping, scopes: ["bench:read"]}
 """
+)
 
 NO_ACCESS_LOG: dict[str, str | None] = {"TENANTRY_API__ACCESS_LOG": "false"}
 
@@ -156,19 +160,11 @@ def main() -> None:
         redis = RedisProcess(work / "redis")
         redis.start()
         try:
-            manifests = work / "tenants.yaml"
-            manifests.write_text(TENANT_MANIFESTS)
-            keys_file = work / "keys.json"
-            source = FileRegistrySource(
-                [manifests], platform_namespace="tenantry-system", keys_file=keys_file
-            )
-            key = source.reconcile().keys["bench/bench"].keys["main"].plaintext
-            env = {
+            env, (key,) = serve_tenants(work, TENANT_MANIFESTS, ["bench/bench"])
+            env |= {
                 "BENCH_REDIS_URL": redis.url,
                 "TENANTRY_REDIS_URL": redis.url,
                 "TENANTRY_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
-                "TENANTRY_REGISTRY__MANIFESTS": f'["{manifests}"]',
-                "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
             }
             if args.pairs:
                 _pairs(args.pairs, env, key, args.duration, args.connections)

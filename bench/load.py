@@ -19,11 +19,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tenantry.sources.files import FileRegistrySource
 from tests.harness.servers import wait_for_port
 
 PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPUS = {1}  # the servers under test
 LOAD_CPUS = {0}  # wrk
+
+
+def serve_tenants(
+    work: Path, manifests: str, tenant_ids: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Write `manifests` into `work` and issue their keys as the file source does: the
+    environment that serves them, and the key `main` of each of `tenant_ids`."""
+    path = work / "tenants.yaml"
+    path.write_text(manifests)
+    keys_file = work / "keys.json"
+    states = FileRegistrySource(
+        [path], platform_namespace="tenantry-system", keys_file=keys_file
+    ).reconcile()
+    env = {
+        "TENANTRY_REGISTRY__MANIFESTS": f'["{path}"]',
+        "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
+    }
+    return env, [states.keys[tenant_id].keys["main"].plaintext for tenant_id in tenant_ids]
 
 
 @dataclass

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 from bench.api import TENANT_MANIFESTS
-from bench.load import PINNED, Result, measure
+from bench.load import PINNED, Result, measure, serve_tenants
 from tenantry.api.metrics import tally_files
 from tenantry.db.migrate import upgrade
-from tenantry.sources.files import FileRegistrySource
 from tests.api.servers import tenantry_process, wait_until_serving
 from tests.harness.servers import PostgresProcess, RedisProcess, free_port
 
@@ -78,18 +77,10 @@ def main() -> None:
         postgres.start()
         try:
             upgrade(postgres.url)
-            manifests = work / "tenants.yaml"
-            manifests.write_text(TENANT_MANIFESTS)
-            keys_file = work / "keys.json"
-            source = FileRegistrySource(
-                [manifests], platform_namespace="tenantry-system", keys_file=keys_file
-            )
-            key = source.reconcile().keys["bench/bench"].keys["main"].plaintext
-            env = {
+            env, (key,) = serve_tenants(work, TENANT_MANIFESTS, ["bench/bench"])
+            env |= {
                 "TENANTRY_REDIS_URL": redis.url,
                 "TENANTRY_DATABASE_URL": postgres.url,
-                "TENANTRY_REGISTRY__MANIFESTS": f'["{manifests}"]',
-                "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
                 "TENANTRY_API__ACCESS_LOG": "false",
                 "TENANTRY_LOG_LEVEL": "warning",
             }

@@ -22,24 +22,14 @@ from pathlib import Path
 
 from redis.crc import key_slot
 
+from bench.api import BENCH_TIER
 from bench.api_apps import PING_PATH
-from bench.load import Result, measure, serve_app
+from bench.load import Result, measure, serve_app, serve_tenants
 from tenantry.contract.usage import limiter_key
-from tenantry.sources.files import FileRegistrySource
 from tests.harness.redis_cluster import RedisCluster
 from tests.harness.servers import RedisProcess, free_port
 
 CPU_GOAL = 1.10  # cluster CPU per request, at most this multiple of one Redis's
-TIER = """
-apiVersion: tenantry.io/v1alpha1
-kind: RateLimitPolicy
-metadata: {name: bench, namespace: tenantry-system}
-spec:
-  requestsPerMinute: 60000000
-  burst: 1000000
-  monthlyQuota: 1000000000000
-  failureMode: closed
-"""
 TENANT = """
 ---
 apiVersion: tenantry.io/v1alpha1
@@ -90,17 +80,10 @@ def main() -> None:
         cluster.start()
         try:
             names = tenants_on_every_master(cluster)
-            manifests = work / "tenants.yaml"
-            manifests.write_text(TIER + "".join(TENANT.format(name=n) for n in names))
-            keys_file = work / "keys.json"
-            states = FileRegistrySource(
-                [manifests], platform_namespace="tenantry-system", keys_file=keys_file
-            ).reconcile()
-            keys = [states.keys[f"bench/{name}"].keys["main"].plaintext for name in names]
-            env = {
+            manifests = BENCH_TIER + "".join(TENANT.format(name=n) for n in names)
+            env, keys = serve_tenants(work, manifests, [f"bench/{name}" for name in names])
+            env |= {
                 "TENANTRY_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
-                "TENANTRY_REGISTRY__MANIFESTS": f'["{manifests}"]',
-                "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
                 "TENANTRY_API__ACCESS_LOG": "false",
                 "TENANTRY_LOG_LEVEL": "warning",
             }

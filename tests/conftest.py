@@ -7,8 +7,9 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import redis
@@ -75,22 +76,38 @@ def database_url(postgres_server: URL, migrated_template: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's Redis: `TENANTRY_TEST_REDIS_URL`, or one started for the run."""
-    given = os.environ.get("TENANTRY_TEST_REDIS_URL")
+class _Server(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
+def _given_or_started(variable: str, server: Callable[[], _Server]) -> Iterator[str]:
+    """The URL the environment `variable` gives, or that of a `server` started for the run."""
+    given = os.environ.get(variable)
     if given:
         yield given
         return
-    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    started = server()
     try:
-        server.start()
+        started.start()
     except MissingServerBinaryError as error:
         _fail_missing(error)
     try:
-        yield server.url
+        yield started.url
     finally:
-        server.remove()
+        started.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: `TENANTRY_TEST_REDIS_URL`, or one started for the run."""
+    yield from _given_or_started(
+        "TENANTRY_TEST_REDIS_URL", lambda: RedisProcess(tmp_path_factory.mktemp("redis"))
+    )
 
 
 @pytest.fixture
@@ -162,19 +179,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 @pytest.fixture(scope="session")
 def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The session's RabbitMQ: `TENANTRY_TEST_BROKER_URL`, or one node started for the run."""
-    given = os.environ.get("TENANTRY_TEST_BROKER_URL")
-    if given:
-        yield given
-        return
-    server = RabbitMQProcess(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        server.start()
-    except MissingServerBinaryError as error:
-        _fail_missing(error)
-    try:
-        yield server.url
-    finally:
-        server.remove()
+    yield from _given_or_started(
+        "TENANTRY_TEST_BROKER_URL", lambda: RabbitMQProcess(tmp_path_factory.mktemp("rabbitmq"))
+    )
 
 
 def purge_broker_queues(url: str) -> None:
