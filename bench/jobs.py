@@ -34,6 +34,7 @@ from celery import Celery
 from sqlalchemy import delete, func, select
 
 from bench.jobs_celery import DONE_KEY, FIRST_KEY, LAST_KEY, QUEUE
+from bench.load import redis_and_postgres
 from tenantry.api.app import create_app
 from tenantry.contract.registry import Registry, TenantEntry
 from tenantry.contract.resources import JobPriority
@@ -49,7 +50,7 @@ from tenantry.settings import Settings
 from tenantry.sources.files import FileRegistrySource
 from tenantry.worker.celery_app import create_celery
 from tenantry.worker.flush import UsageFlusher
-from tests.harness.servers import PostgresProcess, RedisProcess, free_port
+from tests.harness.servers import free_port
 
 WORKER_PROCESSES = 2
 TENANT = "bench/load"
@@ -408,12 +409,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-jobs-") as folder:
         work = Path(folder)
-        redis_server = RedisProcess(work / "redis")
-        postgres = PostgresProcess()
-        redis_server.start()
-        postgres.initialise()
-        postgres.start()
-        try:
+        with redis_and_postgres(work) as (redis_server, postgres):
             upgrade(postgres.url)
             manifests = work / "tenants.yaml"
             manifests.write_text(MANIFESTS)
@@ -445,10 +441,6 @@ def main() -> None:
                 worker.terminate()
                 worker.wait(timeout=30)
             admitted, flushed = asyncio.run(flush_rate(settings, args.flush_tenants, 30, 5))
-        finally:
-            postgres.stop()
-            postgres.remove()
-            redis_server.remove()
     cuts = statistics.quantiles(latencies, n=100)
     print(f"worker processes: {WORKER_PROCESSES} (prefork), same Redis broker, {args.jobs} each")
     print(

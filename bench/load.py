@@ -20,11 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenantry.sources.files import FileRegistrySource
-from tests.harness.servers import wait_for_port
+from tests.harness.servers import PostgresProcess, RedisProcess, wait_for_port
 
 PINNED = (os.cpu_count() or 1) >= 2
 SERVER_CPUS = {1}  # the servers under test
 LOAD_CPUS = {0}  # wrk
+
+
+@contextmanager
+def redis_and_postgres(work: Path) -> Iterator[tuple[RedisProcess, PostgresProcess]]:
+    """A Redis and a PostgreSQL of the benchmark's own, removed afterwards."""
+    redis = RedisProcess(work / "redis")
+    postgres = PostgresProcess()
+    redis.start()
+    try:
+        postgres.initialise()
+        postgres.start()
+        try:
+            yield redis, postgres
+        finally:
+            postgres.stop()
+            postgres.remove()
+    finally:
+        redis.remove()
 
 
 def serve_tenants(

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from bench.api import TENANT_MANIFESTS
-from bench.load import PINNED, Result, measure, serve_tenants
+from bench.load import PINNED, Result, measure, redis_and_postgres, serve_tenants
 from tenantry.api.metrics import tally_files
 from tenantry.db.migrate import upgrade
 from tests.api.servers import tenantry_process, wait_until_serving
-from tests.harness.servers import PostgresProcess, RedisProcess, free_port
+from tests.harness.servers import free_port
 
 
 def process_tree(pid: int) -> list[int]:
@@ -70,12 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-") as folder:
         work = Path(folder)
-        redis = RedisProcess(work / "redis")
-        postgres = PostgresProcess()
-        redis.start()
-        postgres.initialise()
-        postgres.start()
-        try:
+        with redis_and_postgres(work) as (redis, postgres):
             upgrade(postgres.url)
             env, (key,) = serve_tenants(work, TENANT_MANIFESTS, ["bench/bench"])
             env |= {
@@ -94,10 +89,6 @@ def main() -> None:
                     flush=True,
                 )
                 results.append(result)
-        finally:
-            redis.remove()
-            postgres.stop()
-            postgres.remove()
     report(results, args.duration, args.connections)
 
 

@@ -22,11 +22,12 @@ from sqlalchemy.engine import make_url
 
 from bench.jobs import MANIFESTS, TENANT, WORKER_PROCESSES, drain_rate, plain_celery, prequeue
 from bench.jobs import start_worker as start_tenantry_worker
+from bench.load import redis_and_postgres
 from tenantry.db.migrate import upgrade
 from tenantry.settings import Settings, WorkerSettings
 from tenantry.sources.files import FileRegistrySource
 from tests.harness.rabbitmq import RabbitMQProcess
-from tests.harness.servers import PostgresProcess, RedisProcess, database_janitor
+from tests.harness.servers import PostgresProcess, database_janitor
 
 
 @dataclass(frozen=True)
@@ -96,26 +97,19 @@ def main() -> None:
     figures: list[BrokerFigures] = []
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-brokers-") as folder:
         work = Path(folder)
-        redis_server = RedisProcess(work / "redis")
         rabbitmq = RabbitMQProcess(work / "rabbitmq")
-        postgres = PostgresProcess()
-        redis_server.start()
         rabbitmq.start()
-        postgres.initialise()
-        postgres.start()
         try:
-            for name, broker_url in (("Redis", redis_server.url), ("RabbitMQ", rabbitmq.url)):
-                database_url = fresh_database(postgres, name.lower())
-                run = work / f"jobs-on-{name.lower()}"
-                run.mkdir()
-                figures.append(
-                    measure(name, broker_url, redis_server.url, database_url, run, args.jobs)
-                )
+            with redis_and_postgres(work) as (redis_server, postgres):
+                for name, broker_url in (("Redis", redis_server.url), ("RabbitMQ", rabbitmq.url)):
+                    database_url = fresh_database(postgres, name.lower())
+                    run = work / f"jobs-on-{name.lower()}"
+                    run.mkdir()
+                    figures.append(
+                        measure(name, broker_url, redis_server.url, database_url, run, args.jobs)
+                    )
         finally:
-            postgres.stop()
-            postgres.remove()
             rabbitmq.remove()
-            redis_server.remove()
     print(table(figures, args.jobs))
 
 

@@ -14,6 +14,7 @@ one tenant (a script, a pipeline of its keys) lands on one node of a cluster.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,8 +34,10 @@ REDIS_DOWN = (RedisError, RedisClusterException, OSError)
 def create_redis(
     url: str, *, timeout_seconds: float = 0.25, max_connections: int = 64
 ) -> aioredis.Redis:
-    """A client of one Redis node (the connector's probe, and tests that need one node)."""
-    return aioredis.Redis.from_url(url, **_options(timeout_seconds, max_connections))
+    """A client of one Redis node."""
+    return aioredis.Redis.from_url(
+        url, health_check_interval=30, **_options(timeout_seconds, max_connections)
+    )
 
 
 def _options(timeout_seconds: float, max_connections: int) -> dict[str, Any]:
@@ -46,9 +49,8 @@ def _options(timeout_seconds: float, max_connections: int) -> dict[str, Any]:
     }
 
 
-async def is_cluster(client: aioredis.Redis) -> bool:
-    """Whether the node `client` talks to has cluster mode enabled."""
-    info: dict[str, Any] = await client.info("cluster")
+def cluster_enabled(info: Mapping[str, Any]) -> bool:
+    """Whether a node's answer to `INFO cluster` says it runs in cluster mode."""
     return bool(int(info.get("cluster_enabled", 0)))
 
 
@@ -79,20 +81,24 @@ class RedisConnector:
         return self._client
 
     async def _detect(self) -> RedisClient:
-        options = _options(self._timeout, self._max_connections)
-        probe = aioredis.Redis.from_url(self.url, **options)
+        """The client of the one node, unless that node says it belongs to a cluster."""
+        single = create_redis(
+            self.url, timeout_seconds=self._timeout, max_connections=self._max_connections
+        )
         try:
-            clustered = await is_cluster(probe)
-        finally:
-            await probe.aclose()
+            clustered = cluster_enabled(await single.info("cluster"))
+        except BaseException:
+            await single.aclose()
+            raise
         if not clustered:
             log.info("redis_connected", cluster=False)
-            return aioredis.Redis.from_url(self.url, health_check_interval=30, **options)
+            return single
+        await single.aclose()
         cluster = aioredis.RedisCluster.from_url(
             self.url,
             # A master that is down takes only its own slots away: the others keep serving.
             require_full_coverage=False,
-            **options,
+            **_options(self._timeout, self._max_connections),
         )
         await cluster.initialize()
         log.info("redis_connected", cluster=True, masters=len(cluster.get_primaries()))

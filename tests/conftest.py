@@ -9,7 +9,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 import redis
@@ -85,21 +85,29 @@ class _Server(Protocol):
     def remove(self) -> None: ...
 
 
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+def _started(server: ServerT) -> Iterator[ServerT]:
+    """`server` started (or the test failed, naming what to install), removed afterwards."""
+    try:
+        server.start()
+    except MissingServerBinaryError as error:
+        _fail_missing(error)
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
 def _given_or_started(variable: str, server: Callable[[], _Server]) -> Iterator[str]:
     """The URL the environment `variable` gives, or that of a `server` started for the run."""
     given = os.environ.get(variable)
     if given:
         yield given
         return
-    started = server()
-    try:
-        started.start()
-    except MissingServerBinaryError as error:
-        _fail_missing(error)
-    try:
+    for started in _started(server()):
         yield started.url
-    finally:
-        started.remove()
 
 
 @pytest.fixture(scope="session")
@@ -133,15 +141,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     if os.environ.get("TENANTRY_TEST_REDIS_CLUSTER_URL"):
         yield None
         return
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        cluster.start()
-    except MissingServerBinaryError as error:
-        _fail_missing(error)
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
+    yield from _started(RedisCluster(tmp_path_factory.mktemp("redis-cluster")))
 
 
 @pytest.fixture
@@ -167,13 +167,7 @@ def any_redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A Redis of the test's own, which the test may stop, kill and start again."""
-    server = RedisProcess(tmp_path / "redis")
-    try:
-        server.start()
-    except MissingServerBinaryError as error:
-        _fail_missing(error)
-    yield server
-    server.remove()
+    yield from _started(RedisProcess(tmp_path / "redis"))
 
 
 @pytest.fixture(scope="session")
@@ -204,13 +198,7 @@ def rabbitmq_url(rabbitmq_server: str) -> str:
 @pytest.fixture
 def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQProcess]:
     """A RabbitMQ node of the test's own, which the test may stop, kill and start again."""
-    server = RabbitMQProcess(tmp_path / "rabbitmq")
-    try:
-        server.start()
-    except MissingServerBinaryError as error:
-        _fail_missing(error)
-    yield server
-    server.remove()
+    yield from _started(RabbitMQProcess(tmp_path / "rabbitmq"))
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from tenantry.contract.resources import JobPriority
 from tenantry.jobs.queueing import JobMessage, PublishError
 from tenantry.jobs.redis_transport import TRANSPORT
+from tenantry.redis_client import cluster_enabled
 from tenantry.settings import Settings
 
 MAINTENANCE_QUEUE = "maintenance"
@@ -142,7 +143,7 @@ def refuse_a_redis_cluster(url: str) -> None:
         return
     finally:
         client.close()
-    if int(info.get("cluster_enabled", 0)):
+    if cluster_enabled(info):
         raise ValueError(
             "the broker is a Redis Cluster node, which Celery's Redis transport cannot use: set "
             "TENANTRY_WORKER__BROKER_URL to RabbitMQ (amqp://...) or to a Redis of its own"

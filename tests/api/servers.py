@@ -14,7 +14,31 @@ from pathlib import Path
 
 import httpx
 
+from tenantry.sources.files import FileRegistrySource
+from tests.api.conftest import MANIFESTS
+
 TENANTRY = str(Path(sys.executable).with_name("tenantry"))
+
+
+def api_environment(
+    folder: Path, redis_url: str, database_url: str, tenant: str
+) -> tuple[dict[str, str], str]:
+    """The environment of a real `tenantry api` serving the test manifests on these servers,
+    without access log, its keys kept in `folder`; and the key `main` of `tenant`."""
+    keys_file = folder / "keys.json"
+    source = FileRegistrySource(
+        [MANIFESTS], platform_namespace="tenantry-system", keys_file=keys_file
+    )
+    key = source.reconcile().keys[tenant].keys["main"].plaintext
+    env = {
+        "TENANTRY_REDIS_URL": redis_url,
+        "TENANTRY_DATABASE_URL": database_url,
+        "TENANTRY_REGISTRY__MANIFESTS": f'["{MANIFESTS}"]',
+        "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
+        "TENANTRY_API__ACCESS_LOG": "false",
+        "TENANTRY_LOG_LEVEL": "warning",
+    }
+    return env, key
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

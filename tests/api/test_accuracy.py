@@ -21,9 +21,8 @@ import pytest
 
 from tenantry.contract.policy import gcra_params
 from tenantry.contract.usage import TOTAL_ROUTE, usage_bucket_key, usage_index_key
-from tenantry.sources.files import FileRegistrySource
-from tests.api.conftest import MANIFESTS, auth
-from tests.api.servers import tenantry_process, wait_until_serving
+from tests.api.conftest import auth
+from tests.api.servers import api_environment, tenantry_process, wait_until_serving
 from tests.harness.redis_cluster import SyncRedis, sync_client
 from tests.harness.servers import free_port
 
@@ -98,19 +97,7 @@ async def _hammer(
 async def test_several_processes_admit_what_the_policy_allows_and_no_more(
     tmp_path: Path, redis_url: str, database_url: str
 ) -> None:
-    keys_file = tmp_path / "keys.json"
-    source = FileRegistrySource(
-        [MANIFESTS], platform_namespace="tenantry-system", keys_file=keys_file
-    )
-    key = source.reconcile().keys[TENANT].keys["main"].plaintext
-    env = {
-        "TENANTRY_REDIS_URL": redis_url,
-        "TENANTRY_DATABASE_URL": database_url,
-        "TENANTRY_REGISTRY__MANIFESTS": f'["{MANIFESTS}"]',
-        "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
-        "TENANTRY_API__ACCESS_LOG": "false",
-        "TENANTRY_LOG_LEVEL": "warning",
-    }
+    env, key = api_environment(tmp_path, redis_url, database_url, TENANT)
     ports = [free_port() for _ in range(PROCESSES)]
     with ExitStack() as stack:
         processes = [

@@ -25,9 +25,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tenantry.api.metrics import TallyFile, read_tallies, tally_files
-from tenantry.sources.files import FileRegistrySource
-from tests.api.conftest import MANIFESTS, auth
-from tests.api.servers import tenantry_process, wait_until_serving
+from tests.api.conftest import auth
+from tests.api.servers import api_environment, tenantry_process, wait_until_serving
 from tests.harness.servers import RedisProcess, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -42,22 +41,9 @@ def api_workers(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], str, Path]]:
     """`tenantry api --workers 2`, serving: its URL, process, a tenant's key and the pod's
     metrics folder."""
-    keys_file = tmp_path / "keys.json"
-    source = FileRegistrySource(
-        [MANIFESTS], platform_namespace="tenantry-system", keys_file=keys_file
-    )
-    key = source.reconcile().keys[TENANT].keys["main"].plaintext
+    env, key = api_environment(tmp_path, redis_url, database_url, TENANT)
     folder = tmp_path / "metrics"
-    env = {
-        "TENANTRY_REDIS_URL": redis_url,
-        "TENANTRY_DATABASE_URL": database_url,
-        "TENANTRY_REGISTRY__MANIFESTS": f'["{MANIFESTS}"]',
-        "TENANTRY_REGISTRY__KEYS_FILE": str(keys_file),
-        "TENANTRY_API__ACCESS_LOG": "false",
-        "TENANTRY_LOG_LEVEL": "warning",
-        "PROMETHEUS_MULTIPROC_DIR": str(folder),
-        **settings,
-    }
+    env |= {"PROMETHEUS_MULTIPROC_DIR": str(folder), **settings}
     port = free_port()
     args = ["api", "--workers", "2", "--port", str(port), "--check-port", str(free_port())]
     with tenantry_process(args, env, tmp_path, tmp_path / "api.log") as process:

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
+from tenantry.redis_client import cluster_enabled
 from tests.harness.servers import SERVER_START_TIMEOUT, MissingServerBinaryError, RedisProcess
 from tests.harness.tls import TlsFiles, make_tls_files, redis_tls_options
 
@@ -66,7 +67,7 @@ def sync_client(url: str) -> SyncRedis:
     """A blocking client of whatever `url` points at, one Redis or a cluster (for tests
     that write or read keys the way the services do)."""
     with redis.Redis.from_url(url) as probe:
-        clustered = bool(int(probe.info("cluster").get("cluster_enabled", 0)))
+        clustered = cluster_enabled(probe.info("cluster"))
     if clustered:
         return redis.RedisCluster.from_url(url, require_full_coverage=False)
     return redis.Redis.from_url(url)
